@@ -1,0 +1,27 @@
+"""atrous: dense prediction with dilated (atrous) convolution.
+
+The public API; the logic lives in the submodules.
+"""
+
+__version__ = "0.1.0"
+
+from atrous.errors import AtrousError
+from atrous.ops import (
+    DUC,
+    AtrousConv1d,
+    AtrousConv2d,
+    BilinearUpsample,
+    SmoothedAtrousConv2d,
+    atrous_conv2d,
+)
+
+__all__ = [
+    "DUC",
+    "AtrousConv1d",
+    "AtrousConv2d",
+    "AtrousError",
+    "BilinearUpsample",
+    "SmoothedAtrousConv2d",
+    "__version__",
+    "atrous_conv2d",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the `atrous` CLI, one module each (see atrous.cli)."""
