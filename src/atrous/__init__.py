@@ -6,6 +6,7 @@ The public API; the logic lives in the submodules.
 __version__ = "0.1.0"
 
 from atrous.errors import AtrousError
+from atrous.models import available, build
 from atrous.ops import (
     DUC,
     AtrousConv1d,
@@ -24,4 +25,6 @@ __all__ = [
     "SmoothedAtrousConv2d",
     "__version__",
     "atrous_conv2d",
+    "available",
+    "build",
 ]

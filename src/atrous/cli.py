@@ -15,7 +15,9 @@ from atrous import __version__
 from atrous.errors import AtrousError
 
 # name -> one-line help; the module is atrous.commands.<name with - replaced by _>
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "models": "list the models with a one-line description (or one model's options)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

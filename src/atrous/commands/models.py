@@ -1,0 +1,27 @@
+"""`atrous models`: list the registered models with a one-line description each (and their options)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="show the options (with defaults) of this model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.errors import AtrousError
+    from atrous.models import available, describe, options
+
+    if args.name is None:
+        names = available()
+        width = max(len(n) for n in names)
+        for name in names:
+            print(f"{name:<{width}}  {describe(name)}")
+        return 0
+    if args.name not in available():
+        raise AtrousError(f"unknown model {args.name!r}; valid names: {', '.join(available())}")
+    print(f"{args.name}: {describe(args.name)}")
+    for key, default in options(args.name).items():
+        print(f"  {key}={default!r}")
+    return 0

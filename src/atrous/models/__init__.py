@@ -1,0 +1,9 @@
+"""Models of the dilation family: `build(name, num_classes, **options)`, `available()`, `describe(name)`.
+
+See `atrous.models.zoo` for the registry and the builders, `atrous.models.backbones` for VGG-16, ResNet and
+DRN, `atrous.models.heads` for the heads and `atrous.models.segmenter` for how they are composed.
+"""
+
+from atrous.models.zoo import available, build, describe, options
+
+__all__ = ["available", "build", "describe", "options"]

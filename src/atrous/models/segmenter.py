@@ -1,0 +1,75 @@
+"""`Segmenter`: backbone -> head -> upsample to the input size (torchvision `segmentation/_utils.py`,
+smp `base/model.py`). The upsamplers take `(logits, size)` and return `(N, K, *size)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atrous.ops import BilinearUpsample
+
+
+class Interpolate(nn.Module):
+    """Bilinear resize to the input size (align_corners=False, as torchvision's segmentation models)."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class Crop(nn.Module):
+    """Crops the bottom/right overhang of a map that is already at stride 1 (DUC's output is
+    `factor * ceil(H / factor)` rows)."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return x[..., : size[0], : size[1]]
+
+
+class DeconvUpsample(BilinearUpsample):
+    """FCN's final deconvolution (bilinear kernel, `factor` x) then a crop of the overhang: the stride-s map
+    has ceil(H/s) rows, so the upsampled map has s * ceil(H/s) >= H rows. `learnable=False` keeps the kernel
+    fixed, as FCN's final upsampling layer."""
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return super().forward(x)[..., : size[0], : size[1]]
+
+
+class Segmenter(nn.Module):
+    """A segmentation model: `backbone(x)` -> dict of features; `head(features)` -> logits at the head's
+    stride; `upsample(logits, size)` -> logits at the input size. `aux_head` (optional) reads the same
+    features for the auxiliary loss and is resized bilinearly.
+
+    `build_args` ({"name", "num_classes", "options"}) and `output_stride` are set by `atrous.models.build`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        upsample: nn.Module | None = None,
+        aux_head: nn.Module | None = None,
+        output_stride: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.upsample = upsample if upsample is not None else Interpolate()
+        self.output_stride = output_stride
+        self.build_args: dict = {}
+
+    def forward(self, x: torch.Tensor, aux: bool = False):
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        logits = self.upsample(self.head(features), size)  # (N, K, H, W)
+        if not aux:
+            return logits
+        if self.aux_head is None:
+            return logits, None
+        aux_logits = F.interpolate(self.aux_head(features), size=size, mode="bilinear", align_corners=False)
+        return logits, aux_logits

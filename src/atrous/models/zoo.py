@@ -1,0 +1,299 @@
+"""Named model builders and the plain dict registry behind `atrous.models.build`.
+
+Each builder is a keyword-only function with typed arguments; `build` checks the name and the option names
+in one place and records `build_args` so that a checkpoint can rebuild the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from atrous.models.backbones import check_width, scaled
+from atrous.models.backbones.dilated_stack import DilatedStack
+from atrous.models.backbones.resnet import ResNet
+from atrous.models.heads import (
+    ClassifierHead,
+    DeepLabV3Head,
+    DeepLabV3PlusHead,
+    DUCHead,
+    FCNHead,
+    aspp_rates,
+)
+from atrous.models.segmenter import Crop, Segmenter
+
+RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+HDC_LAYER3 = (1, 2, 5, 9)  # absolute rates cycled over res4 (torchvision's layer3), TuSimple-DUC
+HDC_LAYER4 = (5, 9, 17)  # and over res5 (layer4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared pieces
+# ----------------------------------------------------------------------------------------------------------
+def _resnet(
+    backbone: str,
+    *,
+    output_stride: int,
+    width: float,
+    pretrained_backbone: str | os.PathLike | None,
+    multi_grid: Sequence[int] | None = None,
+    block_rates: dict[str, Sequence[int]] | None = None,
+) -> ResNet:
+    if backbone not in RESNETS:
+        raise ValueError(f"backbone must be one of {tuple(RESNETS)}, got {backbone!r}")
+    return ResNet(
+        depth=RESNETS[backbone],
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        block_rates=block_rates,
+        width=width,
+        pretrained=pretrained_backbone,
+    )
+
+
+def _aux_head(backbone: nn.Module, num_classes: int, aux: bool) -> FCNHead | None:
+    """torchvision's auxiliary head: an FCNHead on layer3."""
+    if not aux:
+        return None
+    return FCNHead(
+        in_channels=backbone.feature_info["layer3"].channels, num_classes=num_classes, feature="layer3"
+    )
+
+
+def _check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# builders
+# ----------------------------------------------------------------------------------------------------------
+def dilated_net(
+    *,
+    num_classes: int,
+    rates: Sequence[int] = (1, 2, 5, 1, 2, 5),
+    channels: int = 64,
+    norm: str = "batch",
+    width: float = 1.0,
+) -> Segmenter:
+    """Stack of 3x3 convs at the given `rates` (full resolution, `channels * width` wide) + 1x1 classifier."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    backbone = DilatedStack(rates=rates, channels=scaled(channels, check_width(width)), norm=norm)
+    head = ClassifierHead(
+        in_channels=backbone.feature_info["out"].channels, num_classes=num_classes, feature="out"
+    )
+    return Segmenter(backbone=backbone, head=head, output_stride=1)
+
+
+def deeplabv3(
+    *,
+    num_classes: int,
+    backbone: str = "resnet101",
+    output_stride: int = 16,
+    rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    aspp_channels: int | None = None,
+    head: str = "paper",
+    aux: bool = False,
+    width: float = 1.0,
+    pretrained_backbone: str | None = None,
+) -> Segmenter:
+    """DeepLab v3: dilated ResNet (multi-grid in layer4) + ASPP with image pooling; ASPP `rates` default to
+    (6, 12, 18) at output stride 16 and (12, 24, 36) at 8; `aspp_channels` defaults to 256 * width."""
+    _check_choice("output_stride", output_stride, (8, 16, 32))
+    net = _resnet(
+        backbone,
+        output_stride=output_stride,
+        width=width,
+        pretrained_backbone=pretrained_backbone,
+        multi_grid=multi_grid,
+    )
+    head_module = DeepLabV3Head(
+        in_channels=net.feature_info["layer4"].channels,
+        num_classes=num_classes,
+        feature="layer4",
+        rates=aspp_rates(output_stride) if rates is None else tuple(rates),
+        aspp_channels=scaled(256, width) if aspp_channels is None else aspp_channels,
+        head=head,
+    )
+    return Segmenter(
+        backbone=net, head=head_module, aux_head=_aux_head(net, num_classes, aux), output_stride=output_stride
+    )
+
+
+def deeplabv3plus(
+    *,
+    num_classes: int,
+    backbone: str = "resnet101",
+    output_stride: int = 16,
+    rates: Sequence[int] | None = None,
+    multi_grid: Sequence[int] | None = None,
+    aspp_channels: int | None = None,
+    aux: bool = False,
+    width: float = 1.0,
+    pretrained_backbone: str | None = None,
+) -> Segmenter:
+    """DeepLab v3+: the v3 encoder (output stride 16 by default) + decoder on layer1 (48-channel low-level
+    projection, two 3x3 convs); logits at stride 4, upsampled bilinearly."""
+    _check_choice("output_stride", output_stride, (8, 16))
+    net = _resnet(
+        backbone,
+        output_stride=output_stride,
+        width=width,
+        pretrained_backbone=pretrained_backbone,
+        multi_grid=multi_grid,
+    )
+    head = DeepLabV3PlusHead(
+        in_channels=net.feature_info["layer4"].channels,
+        low_level_channels=net.feature_info["layer1"].channels,
+        num_classes=num_classes,
+        feature="layer4",
+        low_level_feature="layer1",
+        rates=aspp_rates(output_stride) if rates is None else tuple(rates),
+        aspp_channels=scaled(256, width) if aspp_channels is None else aspp_channels,
+        low_level_projection=scaled(48, width),
+    )
+    return Segmenter(
+        backbone=net, head=head, aux_head=_aux_head(net, num_classes, aux), output_stride=output_stride
+    )
+
+
+def fcn_resnet(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    output_stride: int = 8,
+    aux: bool = False,
+    width: float = 1.0,
+    pretrained_backbone: str | None = None,
+) -> Segmenter:
+    """torchvision's "FCN": dilated ResNet (output stride 8) + FCNHead + bilinear upsampling."""
+    _check_choice("output_stride", output_stride, (8, 16, 32))
+    net = _resnet(backbone, output_stride=output_stride, width=width, pretrained_backbone=pretrained_backbone)
+    head = FCNHead(in_channels=net.feature_info["layer4"].channels, num_classes=num_classes, feature="layer4")
+    return Segmenter(
+        backbone=net, head=head, aux_head=_aux_head(net, num_classes, aux), output_stride=output_stride
+    )
+
+
+def hdc_duc(
+    *,
+    num_classes: int,
+    backbone: str = "resnet101",
+    layer3_rates: Sequence[int] = HDC_LAYER3,
+    layer4_rates: Sequence[int] = HDC_LAYER4,
+    aux: bool = False,
+    width: float = 1.0,
+    pretrained_backbone: str | None = None,
+) -> Segmenter:
+    """HDC + DUC: ResNet at output stride 8 whose dilated stages use the hybrid dilated convolution schedule
+    (absolute rates 1, 2, 5, 9 cycled in layer3 and 5, 9, 17 in layer4) + a dense upsampling convolution."""
+    net = _resnet(
+        backbone,
+        output_stride=8,
+        width=width,
+        pretrained_backbone=pretrained_backbone,
+        block_rates={"layer3": tuple(layer3_rates), "layer4": tuple(layer4_rates)},
+    )
+    head = DUCHead(
+        in_channels=net.feature_info["layer4"].channels, num_classes=num_classes, feature="layer4", factor=8
+    )
+    return Segmenter(
+        backbone=net, head=head, upsample=Crop(), aux_head=_aux_head(net, num_classes, aux), output_stride=8
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    builder: Callable[..., Segmenter]
+    description: str
+    paper: str
+
+
+MODELS: dict[str, Entry] = {
+    "deeplabv3": Entry(
+        deeplabv3,
+        "DeepLab v3: dilated ResNet (output stride 16/8, multi-grid) + ASPP with image pooling",
+        "Chen et al. 2017",
+    ),
+    "deeplabv3plus": Entry(
+        deeplabv3plus,
+        "DeepLab v3+: DeepLab v3 encoder at output stride 16 + decoder with 48-channel low-level skip",
+        "Chen et al. ECCV 2018",
+    ),
+    "fcn_resnet": Entry(
+        fcn_resnet,
+        "torchvision's FCN: dilated ResNet at output stride 8 + FCNHead + bilinear upsampling",
+        "torchvision (Long et al. 2015 head)",
+    ),
+    "hdc_duc": Entry(
+        hdc_duc,
+        "HDC + DUC: ResNet with hybrid dilation rates (1,2,5,9 / 5,9,17) + dense upsampling convolution",
+        "Wang et al. WACV 2018",
+    ),
+    "dilated_net": Entry(
+        dilated_net,
+        "pooling-free stack of 3x3 dilated convs at full resolution, one per rate (gridding / HDC studies)",
+        "Yu & Koltun 2016; Wang et al. 2018",
+    ),
+}
+
+
+def available() -> list[str]:
+    """The registered model names."""
+    return list(MODELS)
+
+
+def _entry(name: str) -> Entry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def describe(name: str) -> str:
+    """A one-line description of the model `name`."""
+    return _entry(name).description
+
+
+def options(name: str) -> dict[str, object]:
+    """The options `build(name, ...)` accepts, with their defaults."""
+    params = inspect.signature(_entry(name).builder).parameters
+    return {k: p.default for k, p in params.items() if k != "num_classes"}
+
+
+def _plain(value):
+    """Options as plain JSON-able values (tuples -> lists, paths -> str)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def build(name: str, num_classes: int, **opts) -> Segmenter:
+    """Build the model `name` with `num_classes` outputs; `opts` are the builder's keyword options.
+
+    `model.build_args` records name, num_classes and the options given, except `pretrained_backbone`: the
+    weights it loads travel in the model's state_dict, so rebuilding from a checkpoint needs no such file.
+    """
+    entry = _entry(name)
+    valid = options(name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; valid options: {', '.join(valid)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    model = entry.builder(num_classes=num_classes, **opts)
+    kept = {k: _plain(v) for k, v in opts.items() if k != "pretrained_backbone"}
+    model.build_args = {"name": name, "num_classes": num_classes, "options": kept}
+    return model

@@ -1,0 +1,136 @@
+"""Contract tests over the model registry: every name builds, runs forward/backward on odd sizes, has the
+interface-1 attributes; unknown names/options are rejected with the valid ones listed."""
+
+import json
+
+import pytest
+import torch
+
+import atrous
+from atrous.cli import main
+from atrous.models import available, build, describe, options
+
+# the smallest configuration of each model that still exercises its structure
+TINY = {
+    "dilated_net": {"rates": [1, 2, 5], "channels": 8},
+    "deeplabv3": {"backbone": "resnet18", "width": 0.125, "aux": True},
+    "deeplabv3plus": {"backbone": "resnet18", "width": 0.125},
+    "fcn_resnet": {"backbone": "resnet18", "width": 0.125, "aux": True},
+    "hdc_duc": {"backbone": "resnet18", "width": 0.125},
+    "fcn32s": {"width": 0.0625},
+    "fcn16s": {"width": 0.0625},
+    "fcn8s": {"width": 0.0625},
+    "frontend": {"width": 0.0625},
+    "context": {"width": 0.0625, "context": "large"},
+    "drn_c_26": {"width": 0.125},
+    "drn_d_22": {"width": 0.125},
+    "drn_d_38": {"width": 0.125},
+}
+
+
+def test_every_registered_name_has_a_tiny_configuration():
+    assert set(available()) <= set(TINY), set(available()) - set(TINY)
+
+
+@pytest.mark.parametrize("name", available())
+def test_contract(name):
+    model = build(name, 5, **TINY[name])
+    assert model.build_args["name"] == name and model.build_args["num_classes"] == 5
+    assert json.loads(json.dumps(model.build_args)) == model.build_args
+    assert isinstance(model.output_stride, int) and model.output_stride >= 1
+    # train mode, batch 2, odd size: shape, finite, every trainable parameter gets a finite gradient
+    model.train()
+    x = torch.randn(2, 3, 67, 45)
+    logits, aux = model(x, aux=True)
+    assert logits.shape == (2, 5, 67, 45)
+    assert torch.isfinite(logits).all()
+    loss = logits.square().mean()
+    if aux is not None:
+        assert aux.shape == (2, 5, 67, 45)
+        loss = loss + aux.square().mean()
+    loss.backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: {pname} received no gradient"
+            assert torch.isfinite(p.grad).all(), pname
+    # eval mode, batch 1, another odd size; rebuilt from build_args gives the same architecture
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, 33, 51))
+    assert y.shape == (1, 5, 33, 51) and torch.isfinite(y).all()
+    again = build(name, 5, **model.build_args["options"])
+    assert again.load_state_dict(model.state_dict()) is not None
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="deeplabv3") as e:
+        build("deeplab_v9", 3)
+    assert all(n in str(e.value) for n in available())
+
+
+def test_unknown_option_lists_valid_options():
+    with pytest.raises(ValueError, match="output_stride") as e:
+        build("deeplabv3", 3, outputstride=8)
+    assert "outputstride" in str(e.value) and "multi_grid" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, opts, match",
+    [
+        ("deeplabv3", {"backbone": "resnet7"}, "resnet101"),
+        ("deeplabv3", {"output_stride": 4}, "8, 16, 32"),
+        ("deeplabv3", {"head": "fancy"}, "torchvision"),
+        ("dilated_net", {"rates": [1, 0]}, "integers >= 1"),
+        ("dilated_net", {"norm": "group"}, "none"),
+        ("deeplabv3", {"width": 0}, "width"),
+    ],
+)
+def test_bad_option_values(name, opts, match):
+    with pytest.raises(ValueError, match=match):
+        build(name, 3, **opts)
+
+
+def test_describe_and_options():
+    for name in available():
+        line = describe(name)
+        assert line and "\n" not in line
+    assert options("deeplabv3")["output_stride"] == 16
+    assert atrous.build is build and atrous.available is available
+
+
+def test_cli_lists_every_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == available()
+    assert main(["models", "deeplabv3"]) == 0
+    assert "multi_grid" in capsys.readouterr().out
+    assert main(["models", "nope"]) == 2
+    assert "valid names" in capsys.readouterr().err
+
+
+def test_build_args_omit_pretrained_path_and_are_json():
+    model = build("dilated_net", 2, rates=(1, 2), channels=4, norm="none")
+    assert model.build_args == {
+        "name": "dilated_net",
+        "num_classes": 2,
+        "options": {"rates": [1, 2], "channels": 4, "norm": "none"},
+    }
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_dilated_net_is_exactly_its_rates():
+    """Nothing but the given 3x3 convs has a spatial extent: the response to one pixel spreads exactly to
+    the offsets reachable with the rates (checkerboard for rates 2,2)."""
+    model = build("dilated_net", 1, rates=[2, 2], channels=1, norm="none").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    x = torch.zeros(1, 3, 21, 21)
+    x[0, :, 10, 10] = 1.0
+    with torch.no_grad():
+        y = model(x)[0, 0]
+    support = (y != 0).nonzero().tolist()
+    expected = sorted([10 + a, 10 + b] for a in range(-4, 5, 2) for b in range(-4, 5, 2))
+    assert sorted(support) == expected
