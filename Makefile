@@ -21,8 +21,8 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q --durations=15
