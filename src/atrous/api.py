@@ -1,0 +1,307 @@
+"""The Python entry points for using a trained model: `atrous.load(checkpoint)` and `atrous.predict`.
+
+`load` rebuilds the model named in a checkpoint (validated before any weight is copied, loaded with
+`torch.load(weights_only=True)`) and attaches what prediction needs as `model.meta`: class names, palette
+and the normalisation the model was trained with. `predict` takes a PIL image, an image file or a uint8
+`(H, W, 3)` array and returns class indices at the image's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from atrous._io import atomic_path
+from atrous.errors import AtrousError
+from atrous.inference import Infer, whole_image
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a checkpoint says about its model beyond the weights."""
+
+    name: str
+    options: dict[str, Any]
+    num_classes: int
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def meta_from_checkpoint(ck: dict) -> ModelMeta:
+    model = ck["model"]
+    num_classes = int(model["num_classes"])
+    classes = [str(c) for c in ck.get("classes") or [f"class_{i}" for i in range(num_classes)]]
+    palette = [tuple(int(v) for v in rgb) for rgb in ck.get("palette") or []]
+    palette += default_palette(num_classes)[len(palette) :]  # one colour per class
+    normalize = ck["normalize"]
+    return ModelMeta(
+        name=str(model["name"]),
+        options=dict(model.get("options") or {}),
+        num_classes=num_classes,
+        classes=classes,
+        palette=palette,
+        mean=tuple(float(v) for v in normalize["mean"]),
+        std=tuple(float(v) for v in normalize["std"]),
+    )
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """The Pascal VOC colour map (bit-interleaved class index), used when a checkpoint has no palette."""
+    palette = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load an atrous checkpoint: the model in eval mode on `device`, with `model.meta` (a `ModelMeta`).
+
+    A missing, corrupt or code-carrying file, or a checkpoint whose weights do not fit its model, raises
+    `AtrousError` naming the file.
+    """
+    from atrous.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(path)
+    try:
+        meta = meta_from_checkpoint(ck)
+    except (KeyError, TypeError, ValueError) as e:
+        raise AtrousError(
+            f"{path}: not an atrous model checkpoint ({type(e).__name__}: {e}); "
+            "give a last.pt or best.pt written by `atrous train`"
+        ) from None
+    model = build_model_from_checkpoint(ck, source=f"checkpoint {path}")
+    model.meta = meta
+    return model.eval().to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# images in
+# ----------------------------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a uint8 `(H, W, 3)` RGB array; an unusable file raises `AtrousError`."""
+    path = Path(path)
+    fix = "replace or remove it (or pass --skip-bad to skip unreadable images)"
+    if not path.is_file():
+        raise AtrousError(f"{path}: no such image file; check the path")
+    if path.stat().st_size == 0:
+        raise AtrousError(f"{path}: the file is empty (0 bytes), not an image; {fix}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            if im.width == 0 or im.height == 0:
+                raise AtrousError(f"{path}: the image is {im.width}x{im.height} pixels; {fix}")
+            rgb = im.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise AtrousError(f"{path}: too large to decode safely ({e}); downscale it first") from None
+    except Image.UnidentifiedImageError:
+        raise AtrousError(f"{path}: not an image file PIL can read (PNG, JPEG, ...); {fix}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated data, bad chunks, unsupported modes
+        raise AtrousError(f"{path}: unreadable or truncated image ({e}); {fix}") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def as_rgb_array(image: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
+    """A PIL image, a uint8 `(H, W, 3)` array or an image path as a uint8 `(H, W, 3)` array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(
+                f"image arrays must be uint8 (H, W, 3) RGB with H, W >= 1, got {image.dtype} {image.shape}"
+            )
+        return image
+    raise ValueError(
+        f"image must be a PIL image, a uint8 (H, W, 3) array or a path, got {type(image).__name__}"
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _meta(model: nn.Module) -> ModelMeta:
+    meta = getattr(model, "meta", None)
+    if not isinstance(meta, ModelMeta):
+        raise ValueError("model has no .meta: load it with atrous.load(checkpoint)")
+    return meta
+
+
+def to_input(rgb: np.ndarray, meta: ModelMeta, device: torch.device) -> torch.Tensor:
+    """uint8 `(H, W, 3)` -> normalised float32 `(1, 3, H, W)` on `device`."""
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).to(device)  # a writable copy, (H, W, 3)
+    x = x.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+    mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prediction
+# ----------------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    image: Image.Image | np.ndarray | str | os.PathLike,
+    *,
+    probabilities: bool = False,
+    infer: Infer = whole_image,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment one image with a model from `atrous.load`.
+
+    Returns int64 `(H, W)` class indices at the image's size; with `probabilities=True` also the float32
+    `(K, H, W)` softmax probabilities. `infer` picks the strategy (`atrous.inference.SlidingWindow`,
+    `MultiScaleFlip`, or the default whole-image pass).
+    """
+    meta = _meta(model)
+    rgb = as_rgb_array(image)
+    logits = infer(model, to_input(rgb, meta, _model_device(model)))  # (1, K, H, W)
+    labels = logits.argmax(dim=1)[0].to("cpu", torch.int64).numpy()
+    if not probabilities:
+        return labels
+    probs = logits.float().softmax(dim=1)[0].cpu().numpy()
+    return labels, probs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# images out
+# ----------------------------------------------------------------------------------------------------------
+def label_image(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> Image.Image:
+    """Class indices as a PNG-ready image: an 8-bit palette image (pixel value = class index, shown in the
+    class colours, as Pascal VOC's masks) up to 256 classes, 16-bit greyscale beyond."""
+    if len(palette) <= 256:
+        im = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette makes it "P"
+        flat = [v for rgb in palette for v in rgb]
+        im.putpalette(flat + [0] * (768 - len(flat)))
+        return im
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def overlay_image(
+    rgb: np.ndarray, labels: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5
+) -> Image.Image:
+    """The image blended with its class colours: `(1 - alpha) * image + alpha * palette[label]`."""
+    colours = np.asarray(palette, dtype=np.float32)[labels]  # (H, W, 3)
+    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
+    return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# many files: the loop behind `atrous predict`
+# ----------------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one input: `status` is "written", "existing" (kept, --skip-existing) or "bad"
+    (unreadable, skipped with --skip-bad; `detail` says why)."""
+
+    source: Path
+    status: str
+    detail: str = ""
+
+
+def find_images(inputs: list[str | os.PathLike], out: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Expand files and folders into `(image file, output name)` pairs, in a stable order.
+
+    A file given by name is taken whatever its suffix (and reported if it is no image); folders are walked
+    recursively for image suffixes, without following directory symlinks (no loops) and skipping `out`
+    itself (so predictions written into an input folder are never read back as inputs). The output name is
+    the path relative to its folder (the file name for a file) with the suffix `.png`; two inputs with the
+    same output name are refused before anything is written.
+    """
+    out_dir = Path(out).resolve()
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir():
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = sorted(d for d in dirs if (Path(folder) / d).resolve() != out_dir)
+                for name in sorted(files):
+                    path = Path(folder) / name
+                    if path.suffix.lower() in IMAGE_SUFFIXES:
+                        pairs.append((path, path.relative_to(root).with_suffix(".png")))
+        elif root.exists():
+            pairs.append((root, Path(root.name).with_suffix(".png")))
+        else:
+            raise AtrousError(f"{root}: no such file or folder; give image files or folders of images")
+    if not pairs:
+        raise AtrousError(
+            f"no images found in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    seen: dict[Path, Path] = {}
+    for source, name in pairs:
+        if name in seen:
+            raise AtrousError(
+                f"{seen[name]} and {source} would both be written as {name}: rename one, or predict them "
+                "into separate --out folders"
+            )
+        seen[name] = source
+    return pairs
+
+
+def output_paths(out: str | os.PathLike, name: Path) -> tuple[Path, Path]:
+    """`(class-index PNG, colour overlay PNG)` for output name `name`: `out/masks/name`, `out/overlays/name`.
+
+    The masks folder holds 8-bit class indices, as the `folder:` data format's masks."""
+    return Path(out) / "masks" / name, Path(out) / "overlays" / name
+
+
+def predict_files(
+    model: nn.Module,
+    inputs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    skip_existing: bool = False,
+    skip_bad: bool = False,
+    infer: Infer = whole_image,
+    alpha: float = 0.5,
+):
+    """Predict every image in `inputs` (files or folders) into `out`, one image at a time.
+
+    Yields a `FileResult` per image, in order; memory use does not grow with the number of images (nothing
+    is kept between images). Each output PNG is written atomically, the class-index PNG first and the
+    overlay last, so an image is finished exactly when both exist: `skip_existing` skips those. An
+    unreadable image raises `AtrousError`, or with `skip_bad` is yielded as "bad" and skipped.
+    """
+    meta = _meta(model)
+    for source, name in find_images(inputs, out):
+        mask_path, overlay_path = output_paths(out, name)
+        if skip_existing and mask_path.is_file() and overlay_path.is_file():
+            yield FileResult(source, "existing")
+            continue
+        try:
+            rgb = read_image(source)
+        except AtrousError as e:
+            if not skip_bad:
+                raise
+            yield FileResult(source, "bad", str(e))
+            continue
+        labels = predict(model, rgb, infer=infer)
+        for path, image in (
+            (mask_path, label_image(labels, meta.palette)),
+            (overlay_path, overlay_image(rgb, labels, meta.palette, alpha)),
+        ):
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+        yield FileResult(source, "written")
