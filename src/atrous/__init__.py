@@ -6,7 +6,7 @@ The public API; the logic lives in the submodules.
 __version__ = "0.1.0"
 
 from atrous.errors import AtrousError
-from atrous.models import available, build
+from atrous.models import available, build, from_torchvision
 from atrous.ops import (
     DUC,
     AtrousConv1d,
@@ -27,4 +27,5 @@ __all__ = [
     "atrous_conv2d",
     "available",
     "build",
+    "from_torchvision",
 ]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from atrous.models.backbones import check_width, scaled
@@ -297,3 +298,55 @@ def build(name: str, num_classes: int, **opts) -> Segmenter:
     kept = {k: _plain(v) for k, v in opts.items() if k != "pretrained_backbone"}
     model.build_args = {"name": name, "num_classes": num_classes, "options": kept}
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# interop
+# ----------------------------------------------------------------------------------------------------------
+def from_torchvision(model: nn.Module) -> Segmenter:
+    """Convert torchvision's `fcn_resnet50/101` or `deeplabv3_resnet50/101` (any num_classes, with or without
+    the aux head) into the equivalent atrous model, weights included: `fcn_resnet` or
+    `deeplabv3(head="torchvision", multi_grid=None, output_stride=8)`. Outputs match torchvision's in eval mode
+    (same modules, same key names after renaming `classifier` -> `head`, `aux_classifier` -> `aux_head`).
+    """
+    from torchvision.models.resnet import Bottleneck as TvBottleneck
+    from torchvision.models.segmentation import FCN, DeepLabV3
+
+    supported = "torchvision's fcn_resnet50/101 or deeplabv3_resnet50/101"
+    if not isinstance(model, (FCN, DeepLabV3)):
+        raise ValueError(f"from_torchvision converts {supported}, got {type(model).__name__}")
+    body = model.backbone
+    layer3 = getattr(body, "layer3", None)
+    if layer3 is None or not isinstance(layer3[0], TvBottleneck):
+        raise ValueError(f"from_torchvision converts {supported}: this model's backbone is not a ResNet")
+    depths = {6: "resnet50", 23: "resnet101"}
+    if len(layer3) not in depths or layer3[0].conv2.stride != (1, 1) or body.layer4[0].conv2.stride != (1, 1):
+        raise ValueError(f"from_torchvision converts {supported} (ResNet-50/101 at output stride 8)")
+    backbone = depths[len(layer3)]
+    num_classes = model.classifier[-1].out_channels
+    aux = model.aux_classifier is not None
+    if isinstance(model, DeepLabV3):
+        aspp = model.classifier[0]
+        opts = {
+            "backbone": backbone,
+            "output_stride": 8,
+            "rates": [branch[0].dilation[0] for branch in aspp.convs[1:-1]],
+            "multi_grid": None,
+            "aspp_channels": aspp.project[0].out_channels,
+            "head": "torchvision",
+            "aux": aux,
+        }
+        name = "deeplabv3"
+    else:
+        opts, name = {"backbone": backbone, "output_stride": 8, "aux": aux}, "fcn_resnet"
+    with torch.device("meta"):  # no random init: every tensor comes from `model` below
+        ours = build(name, num_classes, **opts)
+    renames = {"classifier.": "head.", "aux_classifier.": "aux_head."}
+    state = {}
+    for key, value in model.state_dict().items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        state[key] = value.detach().clone()  # own storage, not shared with `model`
+    ours.load_state_dict(state, assign=True)
+    return ours.train(model.training)
