@@ -1,0 +1,91 @@
+"""`voc:ROOT`: PASCAL VOC 2012 segmentation (Everingham et al., "The PASCAL Visual Object Classes
+Challenge", IJCV 2010).
+
+Layout: `ROOT/JPEGImages/<id>.jpg`, `ROOT/SegmentationClass/<id>.png` (palette PNGs: the palette index is
+the label, 255 = the ignored object borders) and `ROOT/ImageSets/Segmentation/<split>.txt` (one id per
+line; train, val, trainval). ROOT may also be the `VOCdevkit` folder or the folder above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from atrous.data.datasets import SegmentationDataset, check_dir, pair_up, standard_palette
+from atrous.errors import AtrousError
+
+CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+PALETTE = standard_palette(len(CLASSES))  # (0,0,0), (128,0,0), (0,128,0), ...
+
+
+def _resolve(root: Path) -> Path:
+    check_dir(root, "VOC folder")
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "ImageSets" / "Segmentation").is_dir():
+            return candidate
+    raise AtrousError(
+        f"voc:{root}: no ImageSets/Segmentation folder here, in VOC2012/ or VOCdevkit/VOC2012/: point at the "
+        "VOC2012 folder"
+    )
+
+
+def splits(root: Path) -> list[str]:
+    base = _resolve(root) / "ImageSets" / "Segmentation"
+    return sorted(p.stem for p in base.glob("*.txt") if not p.name.startswith("."))
+
+
+def build(
+    root: Path,
+    split: str | None,
+    *,
+    transform: Callable | None = None,
+    skip_bad: bool = False,
+    num_classes: int | None = None,
+) -> SegmentationDataset:
+    base = _resolve(root)
+    available = splits(root)
+    if split is None or split not in available:
+        what = "needs a split" if split is None else f"has no split {split!r}"
+        raise AtrousError(f"voc:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
+    if num_classes is not None and num_classes != len(CLASSES):
+        raise AtrousError(
+            f"voc:{root} has {len(CLASSES)} classes but num_classes={num_classes}: drop num_classes"
+        )
+    list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+    try:
+        ids = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise AtrousError(f"{list_file}: cannot be read ({e}): restore the VOC split file") from None
+    if not ids:
+        raise AtrousError(f"{list_file} lists no image id: the split is empty")
+    image_dir = check_dir(base / "JPEGImages", "VOC JPEGImages folder")
+    mask_dir = check_dir(base / "SegmentationClass", "VOC SegmentationClass folder")
+    # The split file is the list; a listed id whose image or mask is missing is a missing pair.
+    images = {i: image_dir / f"{i}.jpg" for i in ids if (image_dir / f"{i}.jpg").is_file()}
+    masks = {i: mask_dir / f"{i}.png" for i in ids if (mask_dir / f"{i}.png").is_file()}
+    missing = [i for i in ids if i not in images and i not in masks]
+    if missing:
+        msg = f"{list_file} lists {missing[0]!r} ({len(missing)} id(s) in all) with neither image nor mask"
+        if not skip_bad:
+            raise AtrousError(msg + ": restore the files or remove the ids (or skip bad files)")
+    pairs, skipped = pair_up(
+        images,
+        masks,
+        skip_bad=skip_bad,
+        expected_mask=lambda i: mask_dir / f"{i}.png",
+        expected_image=lambda i: str(image_dir / f"{i}.jpg"),
+    )
+    skipped += [(list_file, f"{list_file}: id {i!r} has neither image nor mask") for i in missing]
+    return SegmentationDataset(
+        name=f"voc:{root} split {split!r}",
+        pairs=pairs,
+        classes=CLASSES,
+        palette=PALETTE,
+        transform=transform,
+        skip_bad=skip_bad,
+        skipped=skipped,
+        label_fix="VOC labels are 0..20 and 255: restore the original SegmentationClass PNG",
+    )
