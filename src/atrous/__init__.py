@@ -15,6 +15,7 @@ from atrous.ops import (
     SmoothedAtrousConv2d,
     atrous_conv2d,
 )
+from atrous.optimize import optimize
 
 __all__ = [
     "DUC",
@@ -28,4 +29,5 @@ __all__ = [
     "available",
     "build",
     "from_torchvision",
+    "optimize",
 ]
