@@ -62,13 +62,13 @@ def _open(path: Path, what: str) -> Image.Image:
         ) from None
     except Exception as e:  # PIL raises many types for garbage (OSError, SyntaxError, struct.error, ...)
         raise AtrousError(
-            f"{path}: {what} cannot be read as an image ({_one_line(e)}): replace or remove it, or skip bad files"
+            f"{path}: unreadable {what} file ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
         ) from None
     w, h = img.size
     if w == 0 or h == 0:
         img.close()
         raise AtrousError(
-            f"{path}: {what} is {w}x{h} pixels (empty): replace or remove it, or skip bad files"
+            f"{path}: {what} is {w}x{h} pixels (empty): replace or remove it, or skip bad files with --skip-bad"
         )
     return img
 
@@ -78,7 +78,7 @@ def _decode(img: Image.Image, path: Path, what: str) -> None:
         img.load()
     except Exception as e:  # truncated data, corrupt chunks, bad CRC, ...
         raise AtrousError(
-            f"{path}: {what} is damaged ({_one_line(e)}): replace or remove it, or skip bad files"
+            f"{path}: {what} is damaged ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
         ) from None
 
 
@@ -327,7 +327,7 @@ def pair_up(
             reason = f"{masks[key]} has no image {expected_image(key)}: add the image, or remove the mask"
             path = masks[key]
         if not skip_bad:
-            raise AtrousError(reason + " (or skip bad files)")
+            raise AtrousError(reason + " (or skip bad files with --skip-bad)")
         skipped.append((path, reason))
     return pairs, skipped
 

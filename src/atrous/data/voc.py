@@ -70,7 +70,9 @@ def build(
     if missing:
         msg = f"{list_file} lists {missing[0]!r} ({len(missing)} id(s) in all) with neither image nor mask"
         if not skip_bad:
-            raise AtrousError(msg + ": restore the files or remove the ids (or skip bad files)")
+            raise AtrousError(
+                msg + ": restore the files or remove the ids (or skip bad files with --skip-bad)"
+            )
     pairs, skipped = pair_up(
         images,
         masks,
