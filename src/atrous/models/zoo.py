@@ -16,16 +16,22 @@ from torch import nn
 
 from atrous.models.backbones import check_width, scaled
 from atrous.models.backbones.dilated_stack import DilatedStack
+from atrous.models.backbones.drn import ARCHS as DRN_ARCHS
+from atrous.models.backbones.drn import DRN
 from atrous.models.backbones.resnet import ResNet
+from atrous.models.backbones.vgg import VGG16
+from atrous.models.context import ContextModule
 from atrous.models.heads import (
+    DEEPLAB_HEADS,
     ClassifierHead,
     DeepLabV3Head,
     DeepLabV3PlusHead,
     DUCHead,
     FCNHead,
+    FCNSkipHead,
     aspp_rates,
 )
-from atrous.models.segmenter import Crop, Segmenter
+from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
 
 RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 HDC_LAYER3 = (1, 2, 5, 9)  # absolute rates cycled over res4 (torchvision's layer3), TuSimple-DUC
@@ -107,6 +113,7 @@ def deeplabv3(
     """DeepLab v3: dilated ResNet (multi-grid in layer4) + ASPP with image pooling; ASPP `rates` default to
     (6, 12, 18) at output stride 16 and (12, 24, 36) at 8; `aspp_channels` defaults to 256 * width."""
     _check_choice("output_stride", output_stride, (8, 16, 32))
+    _check_choice("head", head, DEEPLAB_HEADS)
     net = _resnet(
         backbone,
         output_stride=output_stride,
@@ -209,6 +216,112 @@ def hdc_duc(
     )
 
 
+def _fcn(num_classes: int, backbone: str, width: float, pretrained_backbone, skips: int) -> Segmenter:
+    """FCN-32s/16s/8s on VGG-16 (fc7, pool4, pool3) or a pooling ResNet at output stride 32 (layer4, 3, 2)."""
+    if backbone == "vgg16":
+        net = VGG16(width=width, pretrained=pretrained_backbone)
+        names = ("fc7", "pool4", "pool3")
+    elif backbone in RESNETS:
+        net = _resnet(backbone, output_stride=32, width=width, pretrained_backbone=pretrained_backbone)
+        names = ("layer4", "layer3", "layer2")
+    else:
+        raise ValueError(f"backbone must be one of {('vgg16', *RESNETS)}, got {backbone!r}")
+    head = FCNSkipHead(
+        feature_channels={n: net.feature_info[n].channels for n in names},
+        num_classes=num_classes,
+        feature=names[0],
+        skips=names[1 : 1 + skips],
+    )
+    stride = net.feature_info[names[skips]].stride  # 32, 16 or 8
+    # FCN's final upsampling is fixed to bilinear; the 2x fusion deconvolutions in the head are learned
+    up = DeconvUpsample(num_classes, stride, learnable=False)
+    return Segmenter(backbone=net, head=head, upsample=up, output_stride=stride)
+
+
+def fcn32s(
+    *, num_classes: int, backbone: str = "vgg16", width: float = 1.0, pretrained_backbone: str | None = None
+) -> Segmenter:
+    """FCN-32s: score fc7 (stride 32) and upsample 32x with a fixed bilinear deconvolution."""
+    return _fcn(num_classes, backbone, width, pretrained_backbone, skips=0)
+
+
+def fcn16s(
+    *, num_classes: int, backbone: str = "vgg16", width: float = 1.0, pretrained_backbone: str | None = None
+) -> Segmenter:
+    """FCN-16s: fc7 scores upsampled 2x (learned) + pool4 scores, then 16x bilinear."""
+    return _fcn(num_classes, backbone, width, pretrained_backbone, skips=1)
+
+
+def fcn8s(
+    *, num_classes: int, backbone: str = "vgg16", width: float = 1.0, pretrained_backbone: str | None = None
+) -> Segmenter:
+    """FCN-8s: FCN-16s's fusion, upsampled 2x again + pool3 scores, then 8x bilinear."""
+    return _fcn(num_classes, backbone, width, pretrained_backbone, skips=2)
+
+
+def frontend(*, num_classes: int, width: float = 1.0, pretrained_backbone: str | None = None) -> Segmenter:
+    """Yu & Koltun's front-end: VGG-16 without pool4/pool5, conv5 at rate 2, fc6 at rate 4 (output stride 8),
+    a 1x1 classifier, bilinear upsampling."""
+    net = VGG16(dilated=True, width=width, pretrained=pretrained_backbone)
+    head = ClassifierHead(
+        in_channels=net.feature_info["fc7"].channels, num_classes=num_classes, feature="fc7"
+    )
+    return Segmenter(backbone=net, head=head, output_stride=8)
+
+
+def context(
+    *,
+    num_classes: int,
+    context: str = "basic",
+    width: float = 1.0,
+    pretrained_backbone: str | None = None,
+) -> Segmenter:
+    """Front-end + the context module ("basic": C channels, "large": up to 32C) on its class scores."""
+    net = VGG16(dilated=True, width=width, pretrained=pretrained_backbone)
+    scores = ClassifierHead(
+        in_channels=net.feature_info["fc7"].channels, num_classes=num_classes, feature="fc7"
+    )
+    head = _Then(scores, ContextModule(classes=num_classes, kind=context))
+    return Segmenter(backbone=net, head=head, output_stride=8)
+
+
+class _Then(nn.Sequential):
+    """A head followed by modules on its output (the context module on the front-end's scores)."""
+
+    def forward(self, features):
+        x = self[0](features)
+        for module in self[1:]:
+            x = module(x)
+        return x
+
+
+def _drn(arch_name: str, num_classes: int, width: float, pretrained_backbone) -> Segmenter:
+    """DRN segmenter as fyu/drn's DRNSeg: trunk, 1x1 classifier on level 8, fixed 8x bilinear deconvolution."""
+    arch, layers = DRN_ARCHS[arch_name]
+    net = DRN(arch=arch, layers=layers, width=width, pretrained=pretrained_backbone)
+    head = ClassifierHead(
+        in_channels=net.feature_info["layer8"].channels, num_classes=num_classes, feature="layer8"
+    )
+    return Segmenter(
+        backbone=net, head=head, upsample=DeconvUpsample(num_classes, 8, learnable=False), output_stride=8
+    )
+
+
+def drn_c_26(*, num_classes: int, width: float = 1.0, pretrained_backbone: str | None = None) -> Segmenter:
+    """DRN-C-26 segmenter."""
+    return _drn("drn_c_26", num_classes, width, pretrained_backbone)
+
+
+def drn_d_22(*, num_classes: int, width: float = 1.0, pretrained_backbone: str | None = None) -> Segmenter:
+    """DRN-D-22 segmenter."""
+    return _drn("drn_d_22", num_classes, width, pretrained_backbone)
+
+
+def drn_d_38(*, num_classes: int, width: float = 1.0, pretrained_backbone: str | None = None) -> Segmenter:
+    """DRN-D-38 segmenter."""
+    return _drn("drn_d_38", num_classes, width, pretrained_backbone)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------------------
@@ -220,6 +333,38 @@ class Entry:
 
 
 MODELS: dict[str, Entry] = {
+    "fcn32s": Entry(
+        fcn32s,
+        "FCN-32s: VGG-16 (or pooling ResNet) scores at stride 32, bilinear 32x",
+        "Long et al. CVPR 2015",
+    ),
+    "fcn16s": Entry(
+        fcn16s, "FCN-16s: FCN-32s + pool4 skip fused by a learned 2x deconvolution", "Long et al. CVPR 2015"
+    ),
+    "fcn8s": Entry(fcn8s, "FCN-8s: FCN-16s + pool3 skip, bilinear 8x", "Long et al. CVPR 2015"),
+    "frontend": Entry(
+        frontend,
+        "Yu & Koltun front-end: VGG-16 without pool4/pool5, dilated conv5 (2) and fc6 (4), output stride 8",
+        "Yu & Koltun ICLR 2016",
+    ),
+    "context": Entry(
+        context,
+        "front-end + context module (basic or large; rates 1,1,2,4,8,16,1; identity initialisation)",
+        "Yu & Koltun ICLR 2016",
+    ),
+    "drn_c_26": Entry(
+        drn_c_26,
+        "DRN-C-26: dilated residual network, no max pooling, degridding levels 7-8",
+        "Yu et al. CVPR 2017",
+    ),
+    "drn_d_22": Entry(
+        drn_d_22,
+        "DRN-D-22: DRN with conv stem levels and plain-conv degridding levels",
+        "Yu et al. CVPR 2017",
+    ),
+    "drn_d_38": Entry(
+        drn_d_38, "DRN-D-38: deeper DRN-D (3, 4, 6, 3 blocks in levels 3-6)", "Yu et al. CVPR 2017"
+    ),
     "deeplabv3": Entry(
         deeplabv3,
         "DeepLab v3: dilated ResNet (output stride 16/8, multi-grid) + ASPP with image pooling",

@@ -29,24 +29,29 @@ OUTPUT_STRIDES = (8, 16, 32)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34), both at `dilation`; the first one may stride."""
+    """Two 3x3 convolutions (ResNet-18/34), both at `dilation`; the first one may stride.
+    `residual=False` drops the identity connection (DRN-C's degridding layers 7-8)."""
 
     expansion = 1
 
-    def __init__(self, *, inplanes: int, planes: int, stride: int, dilation: int) -> None:
+    def __init__(
+        self, *, inplanes: int, planes: int, stride: int, dilation: int, residual: bool = True
+    ) -> None:
         super().__init__()
+        self.residual = residual
         self.conv1 = AtrousConv2d(inplanes, planes, 3, stride=stride, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = AtrousConv2d(planes, planes, 3, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _shortcut(inplanes, planes, stride)
+        self.downsample = _shortcut(inplanes, planes, stride) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
