@@ -195,6 +195,7 @@ def hostile_files(draw):
     return (name or "x") + draw(st.sampled_from([".png", ".jpg", ".bin", ""])), data, how, size
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # corrupt TIFF tags warn before they fail
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hostile_files())
 def test_fuzz_predict_files(tmp_path, case):

@@ -17,6 +17,8 @@ from atrous.errors import AtrousError
 # name -> one-line help; the module is atrous.commands.<name with - replaced by _>
 COMMANDS: dict[str, str] = {
     "models": "list the models with a one-line description (or one model's options)",
+    "predict": "segment images and folders with a checkpoint: class-index PNGs and colour overlays",
+    "export": "export a checkpoint's model to ONNX and check onnxruntime against PyTorch",
 }
 
 

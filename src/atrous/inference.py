@@ -140,7 +140,12 @@ class MultiScaleFlip:
         return torch.log((total / passes).clamp_min(torch.finfo(total.dtype).tiny))
 
     def __repr__(self) -> str:
-        return f"MultiScaleFlip(scales={self.scales}, flip={self.flip}, base={self.base!r})"
+        return f"MultiScaleFlip(scales={self.scales}, flip={self.flip}, base={describe(self.base)})"
+
+
+def describe(infer: Infer) -> str:
+    """A readable name for a strategy: "whole image", "SlidingWindow(size=..., stride=...)", ..."""
+    return "whole image" if infer is whole_image else repr(infer)
 
 
 def parse_tta(text: str) -> tuple[tuple[float, ...], bool]:

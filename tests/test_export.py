@@ -1,0 +1,92 @@
+"""`atrous export`: ONNX files whose onnxruntime outputs match PyTorch, checked again here at sizes and
+batch sizes the exporter never saw; a failing check leaves no file."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import atrous.export
+from _inference_helpers import CLASSES, MEAN, PALETTE, STD, write_checkpoint
+from atrous.api import load
+from atrous.cli import main
+from atrous.export import with_plain_convs
+from atrous.ops import AtrousConv2d
+
+
+def ort_logits(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x.numpy()})[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # DeepLab v3 at output stride 16 with ASPP rates 6, 12, 18: dilated convolutions whose kernels the
+    # native path crops on small maps, plus image pooling and bilinear upsampling
+    return write_checkpoint(tmp_path_factory.mktemp("ck") / "deeplab.pt")
+
+
+def test_plain_convs_are_the_same_function():
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(AtrousConv2d(3, 4, 3, dilation=6), AtrousConv2d(4, 2, 3, dilation=2, stride=2))
+    plain = with_plain_convs(conv)
+    assert not any(isinstance(m, AtrousConv2d) for m in plain.modules())
+    for size in [(5, 7), (13, 40)]:  # rate 6 on 5 rows: the native path crops the kernel to its centre
+        x = torch.randn(1, 3, *size)
+        torch.testing.assert_close(plain(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+def test_export_fixed_size(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(out), "--size", "40,56"]) == 0
+    printed = capsys.readouterr().out
+    assert "max |onnxruntime - pytorch|" in printed and str(out) in printed
+    proto = onnx.load(str(out))
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 40, 56]
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["classes"] == CLASSES and meta["palette"] == PALETTE
+    assert meta["mean"] == pytest.approx(MEAN) and meta["std"] == pytest.approx(STD)
+    model = load(checkpoint)
+    x = torch.randn(1, 3, 40, 56)  # not the exporter's own check input
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(ort_logits(out, x) - expected).max() < 1e-3
+
+
+def test_export_dynamic_at_unseen_sizes(checkpoint, tmp_path, capsys):
+    out = tmp_path / "dynamic.onnx"
+    args = ["export", "--checkpoint", str(checkpoint), "--onnx", str(out), "--dynamic", "--size", "48"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("max |onnxruntime - pytorch|") == 2  # two sizes checked
+    model = load(checkpoint)
+    # sizes far from the traced 48x48: at 19x23 the rate-18 ASPP kernels reach only padding (the native
+    # path would crop them); at 3x(97x75) they are whole
+    for shape in [(1, 3, 19, 23), (3, 3, 97, 75)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = ort_logits(out, x)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-3
+
+
+def test_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bad.onnx"
+    monkeypatch.setattr(atrous.export, "onnx_max_abs_diff", lambda *a: 0.25)
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(out), "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differs from PyTorch by 0.25" in err and str(out) in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_export_of_a_missing_checkpoint(tmp_path, capsys):
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "Traceback" not in err
+    assert not (tmp_path / "x.onnx").exists()
