@@ -5,6 +5,7 @@ The public API; the logic lives in the submodules.
 
 __version__ = "0.1.0"
 
+from atrous.api import load, predict
 from atrous.errors import AtrousError
 from atrous.models import available, build, from_torchvision
 from atrous.ops import (
@@ -29,5 +30,7 @@ __all__ = [
     "available",
     "build",
     "from_torchvision",
+    "load",
     "optimize",
+    "predict",
 ]
