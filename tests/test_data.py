@@ -240,3 +240,17 @@ def test_stardist_real_image_through_folder_loader(tmp_path):
     assert np.array_equal(top_left[1].numpy(), mask[:256, :256])
     val = build_dataset(f"folder:{root}", "val")
     assert np.array_equal(val[0][1].numpy(), mask[256:, 256:])
+
+
+def test_stems_match_across_unicode_normalisation_and_duplicates_are_named(tmp_path):
+    import unicodedata
+
+    name = "café"
+    _write_pair(tmp_path, unicodedata.normalize("NFD", name), _rgb(2, 2, 0), np.zeros((2, 2)))
+    (tmp_path / "masks" / f"{unicodedata.normalize('NFD', name)}.png").rename(
+        tmp_path / "masks" / f"{unicodedata.normalize('NFC', name)}.png"
+    )
+    assert len(build_dataset(f"folder:{tmp_path}", num_classes=1)) == 1  # NFD image, NFC mask: one pair
+    Image.fromarray(_rgb(2, 2, 1)).save(tmp_path / "images" / f"{name}.jpg")
+    with pytest.raises(AtrousError, match="have the same name stem"):
+        build_dataset(f"folder:{tmp_path}", num_classes=1)

@@ -225,10 +225,15 @@ def test_all_reduce_sums_over_two_processes(tmp_path):
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init", queue)) for r in range(2)]
     for proc in procs:
         proc.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    try:
+        results = sorted(queue.get(timeout=120) for _ in procs)
+        for proc in procs:
+            proc.join(timeout=60)
+            assert proc.exitcode == 0
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
     # Single-process reference on both images.
     cm, orc = ConfusionMatrix(3), ObjectRecall(3)
     for t, p in [

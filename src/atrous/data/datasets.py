@@ -275,8 +275,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image, mask = self.read(index)
-        # HWC -> CHW, contiguous so that later ops need no copy.
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+        # HWC -> CHW; the copy is contiguous and writable (PIL's buffer may be read-only).
+        image = tv_tensors.Image(torch.from_numpy(image.transpose(2, 0, 1).copy()))
         mask = tv_tensors.Mask(torch.from_numpy(mask))
         if self.transform is not None:
             return self.transform(image, mask)
