@@ -234,3 +234,44 @@ def test_fuzz_predict_arrays(dtype, shape):
     else:
         with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
             predict(model, array)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# atrous.load
+# ----------------------------------------------------------------------------------------------------------
+def test_load_rebuilds_model_and_meta(tmp_path):
+    from _inference_helpers import CLASSES, MEAN, PALETTE, STD, write_checkpoint
+    from atrous import load, models
+    from atrous.checkpoint import load_checkpoint
+
+    path = write_checkpoint(tmp_path / "ck.pt", name="dilated_net", channels=8, rates=(1, 2))
+    model = load(path)
+    assert not model.training
+    meta = model.meta
+    assert (meta.name, meta.options, meta.num_classes) == ("dilated_net", {"channels": 8, "rates": [1, 2]}, 3)
+    assert meta.classes == CLASSES and meta.palette == [tuple(c) for c in PALETTE]
+    assert meta.mean == pytest.approx(MEAN) and meta.std == pytest.approx(STD)
+    # the weights are the checkpoint's: same logits as a model built by hand from the stored state_dict
+    ck = load_checkpoint(path)
+    reference = models.build("dilated_net", 3, channels=8, rates=(1, 2)).eval()
+    reference.load_state_dict(ck["state_dict"])
+    x = torch.randn(1, 3, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_load_refuses_a_checkpoint_that_does_not_fit_its_model(tmp_path):
+    from _inference_helpers import write_checkpoint
+    from atrous import load
+    from atrous.checkpoint import load_checkpoint, save_checkpoint
+
+    path = write_checkpoint(tmp_path / "ck.pt", name="dilated_net", channels=8, rates=(1, 2))
+    ck = load_checkpoint(path)
+    ck["model"]["options"]["channels"] = 16  # claims another model than its weights
+    save_checkpoint(tmp_path / "other.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    with pytest.raises(AtrousError, match=r"other\.pt") as info:
+        load(tmp_path / "other.pt")
+    assert "\n" not in str(info.value)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AtrousError, match=r"junk\.pt"):
+        load(tmp_path / "junk.pt")
