@@ -360,3 +360,19 @@ def test_skip_bad_keeps_exactly_the_good_pairs(tmp_path):
     assert [p.stem for p, _ in ds.pairs] == ["g0", "g1", "g2", "g3"]
     for i, (image_path, _) in enumerate(ds.pairs):
         assert np.array_equal(ds[i][1].numpy(), good[image_path.stem])
+
+
+def test_bad_file_found_in_a_dataloader_worker_is_still_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "images" / "w.png")
+    Image.new("L", (4, 4), 9).save(tmp_path / "masks" / "w.png")  # label 9 of 2 classes: found at read time
+    ds = build_dataset(f"folder:{tmp_path}", num_classes=2)
+    batches = iter(torch.utils.data.DataLoader(ds, num_workers=1))
+    with pytest.raises(AtrousError) as info:
+        next(batches)
+    del batches  # shuts the worker down now
+    _assert_one_line_naming(info.value, tmp_path / "masks" / "w.png")
+    assert str(info.value).startswith(str(tmp_path / "masks" / "w.png")) and "label(s) 9" in str(info.value)

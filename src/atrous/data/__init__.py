@@ -4,6 +4,7 @@
 from atrous.data.datasets import (
     IGNORE_INDEX,
     KINDS,
+    DataError,
     SegmentationDataset,
     available_splits,
     build_dataset,
@@ -16,6 +17,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
+    "DataError",
     "SegmentationDataset",
     "available_splits",
     "build_dataset",

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from atrous.data.datasets import IGNORE_INDEX, SegmentationDataset, check_dir, list_dirs, list_files, pair_up
-from atrous.errors import AtrousError
+from atrous.data.datasets import (
+    IGNORE_INDEX,
+    DataError,
+    SegmentationDataset,
+    check_dir,
+    list_dirs,
+    list_files,
+    pair_up,
+)
 
 # (name, labelId, colour) of the 19 evaluated classes, in trainId order (cityscapesScripts labels.py).
 _TRAIN_CLASSES = [
@@ -78,9 +85,9 @@ def build(
         what = (
             "needs a split" if split is None else f"has no split {split!r} (with both leftImg8bit and gtFine)"
         )
-        raise AtrousError(f"cityscapes:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
+        raise DataError(f"cityscapes:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
     if num_classes is not None and num_classes != len(CLASSES):
-        raise AtrousError(
+        raise DataError(
             f"cityscapes:{root} has {len(CLASSES)} classes but num_classes={num_classes}: drop num_classes"
         )
     image_dir = root / "leftImg8bit" / split
@@ -94,7 +101,7 @@ def build(
     )
     name = f"cityscapes:{root} split {split!r}"
     if not pairs and not skipped:
-        raise AtrousError(f"{name} is empty: no <city>/*{_IMAGE_SUFFIX}.png in {image_dir}")
+        raise DataError(f"{name} is empty: no <city>/*{_IMAGE_SUFFIX}.png in {image_dir}")
     return SegmentationDataset(
         name=name,
         pairs=pairs,

@@ -31,6 +31,23 @@ from torchvision import tv_tensors
 from atrous.errors import AtrousError
 
 IGNORE_INDEX = 255
+
+
+class DataError(AtrousError):
+    """A bad data file or layout (an `AtrousError`: the CLI prints it as one line and exits 2).
+
+    A DataLoader worker re-raises an exception in the main process as `type(e)(text)` where the text holds
+    the worker's whole traceback; for this class that text is cut back to the original one-line message,
+    so a bad file found inside a worker still reads as one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]  # "atrous.data.datasets.DataError: <message>"
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Mask modes that hold class indices: 8-bit grey, palette (the index is the label, as in VOC), 1-bit,
 # and 16/32-bit integer grey (labels must still be < num_classes or 255).
@@ -52,22 +69,22 @@ def _open(path: Path, what: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise AtrousError(
+        raise DataError(
             f"{path}: {what} is too large to decode safely ({_one_line(e)}): resize it, or raise "
             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
         ) from None
     except FileNotFoundError:
-        raise AtrousError(
+        raise DataError(
             f"{path}: {what} does not exist (it was listed a moment ago): check the data set"
         ) from None
     except Exception as e:  # PIL raises many types for garbage (OSError, SyntaxError, struct.error, ...)
-        raise AtrousError(
+        raise DataError(
             f"{path}: unreadable {what} file ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
         ) from None
     w, h = img.size
     if w == 0 or h == 0:
         img.close()
-        raise AtrousError(
+        raise DataError(
             f"{path}: {what} is {w}x{h} pixels (empty): replace or remove it, or skip bad files with --skip-bad"
         )
     return img
@@ -77,7 +94,7 @@ def _decode(img: Image.Image, path: Path, what: str) -> None:
     try:
         img.load()
     except Exception as e:  # truncated data, corrupt chunks, bad CRC, ...
-        raise AtrousError(
+        raise DataError(
             f"{path}: {what} is damaged ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
         ) from None
 
@@ -90,11 +107,11 @@ def read_image(path: Path) -> np.ndarray:
         if img.mode in ("I;16", "I;16L", "I;16B", "I"):
             grey = np.asarray(img).astype(np.float64)
             if grey.min() < 0 or grey.max() > 65535:
-                raise AtrousError(f"{path}: image values exceed 16 bits: save it as 8-bit RGB")
+                raise DataError(f"{path}: image values exceed 16 bits: save it as 8-bit RGB")
             grey = np.round(grey / 257.0).astype(np.uint8)
             return np.repeat(grey[:, :, None], 3, axis=2)
         if img.mode == "F":
-            raise AtrousError(f"{path}: image is 32-bit float: save it as 8-bit RGB")
+            raise DataError(f"{path}: image is 32-bit float: save it as 8-bit RGB")
         return np.asarray(img.convert("RGB"))
 
 
@@ -108,7 +125,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 def _check_mask_mode(img: Image.Image, path: Path) -> None:
     if img.mode not in _MASK_MODES:
-        raise AtrousError(
+        raise DataError(
             f"{path}: mask is {img.mode} ({len(img.getbands())} channels): masks must be single-channel class "
             "indices (8-bit grey or palette PNG, 255 = ignore); convert colour masks to indices first"
         )
@@ -122,7 +139,7 @@ def probe_pair(image_path: Path, mask_path: Path) -> None:
         _check_mask_mode(mask, mask_path)
         mask_size = mask.size
     if image_size != mask_size:
-        raise AtrousError(
+        raise DataError(
             f"{mask_path} is {mask_size[0]}x{mask_size[1]} but {image_path} is {image_size[0]}x{image_size[1]}: "
             "masks must match their image"
         )
@@ -134,10 +151,10 @@ def check_dir(path: Path, what: str) -> Path:
         os.stat(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise AtrousError(f"{path}: {what} is a symlink loop: point it at a real folder") from None
-        raise AtrousError(f"{path}: {what} does not exist: check the path") from None
+            raise DataError(f"{path}: {what} is a symlink loop: point it at a real folder") from None
+        raise DataError(f"{path}: {what} does not exist: check the path") from None
     if not path.is_dir():
-        raise AtrousError(f"{path}: {what} is not a folder: check the path")
+        raise DataError(f"{path}: {what} is not a folder: check the path")
     return path
 
 
@@ -159,12 +176,12 @@ def list_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
                     os.stat(path)
                 except OSError as e:
                     kind = "a symlink loop" if e.errno == errno.ELOOP else "a broken symlink"
-                    raise AtrousError(f"{path} is {kind}: remove it or point it at a real file") from None
+                    raise DataError(f"{path} is {kind}: remove it or point it at a real file") from None
             if not entry.is_file():
                 continue
             stem = unicodedata.normalize("NFC", path.stem)
             if stem in found:
-                raise AtrousError(
+                raise DataError(
                     f"{path} and {found[stem]} have the same name stem: keep one (pairs are matched by stem)"
                 )
             found[stem] = path
@@ -241,7 +258,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 stacklevel=2,
             )
         if not self.pairs:
-            raise AtrousError(f"{name} has no usable image/mask pairs: add data or check the path and split")
+            raise DataError(f"{name} has no usable image/mask pairs: add data or check the path and split")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -250,20 +267,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image = read_image(image_path)
         mask = read_mask(mask_path)
         if image.shape[:2] != mask.shape:
-            raise AtrousError(
+            raise DataError(
                 f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                 f"{image.shape[1]}x{image.shape[0]}: masks must match their image"
             )
         if self.label_map is not None:
             if mask.min() < 0 or mask.max() >= len(self.label_map):
-                raise AtrousError(
+                raise DataError(
                     f"{mask_path}: mask holds ids outside 0..{len(self.label_map) - 1}: {self.label_fix}"
                 )
             mask = self.label_map[mask]
         bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != IGNORE_INDEX)
         if bad.any():
             values = ", ".join(str(v) for v in np.unique(mask[bad])[:5])
-            raise AtrousError(
+            raise DataError(
                 f"{mask_path}: mask holds label(s) {values} but {self.name} has {self.num_classes} classes "
                 f"(0..{self.num_classes - 1}, {IGNORE_INDEX} = ignore): {self.label_fix}"
             )
@@ -299,7 +316,7 @@ def list_dirs(folder: Path) -> list[Path]:
                     os.stat(path)
                 except OSError as e:
                     kind = "a symlink loop" if e.errno == errno.ELOOP else "a broken symlink"
-                    raise AtrousError(f"{path} is {kind}: remove it or point it at a real folder") from None
+                    raise DataError(f"{path} is {kind}: remove it or point it at a real folder") from None
             if entry.is_dir():
                 out.append(path)
     return out
@@ -327,7 +344,7 @@ def pair_up(
             reason = f"{masks[key]} has no image {expected_image(key)}: add the image, or remove the mask"
             path = masks[key]
         if not skip_bad:
-            raise AtrousError(reason + " (or skip bad files with --skip-bad)")
+            raise DataError(reason + " (or skip bad files with --skip-bad)")
         skipped.append((path, reason))
     return pairs, skipped
 
@@ -343,17 +360,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     from atrous.config import parse_value
 
     if not isinstance(spec, str):
-        raise AtrousError(f"data spec must be a string like folder:PATH, got {spec!r}")
+        raise DataError(f"data spec must be a string like folder:PATH, got {spec!r}")
     kind, sep, target = spec.partition(":")
     if not sep:
         hint = f" (to read the folder {spec}, write folder:{spec})" if Path(spec).is_dir() else ""
-        raise AtrousError(
+        raise DataError(
             f"data spec {spec!r} has no kind: write folder:PATH, voc:PATH, cityscapes:PATH or synthetic:NAME{hint}"
         )
     if kind not in KINDS:
-        raise AtrousError(f"data spec {spec!r}: unknown kind {kind!r}: valid kinds are {', '.join(KINDS)}")
+        raise DataError(f"data spec {spec!r}: unknown kind {kind!r}: valid kinds are {', '.join(KINDS)}")
     if not target:
-        raise AtrousError(
+        raise DataError(
             f"data spec {spec!r} names no {'data set' if kind == 'synthetic' else 'path'} after the colon"
         )
     options: dict = {}
@@ -362,7 +379,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         for item in filter(None, query.split("&")):
             key, eq, value = item.partition("=")
             if not eq or not key.isidentifier():
-                raise AtrousError(f"data spec {spec!r}: option {item!r} must be key=value (joined with &)")
+                raise DataError(f"data spec {spec!r}: option {item!r} must be key=value (joined with &)")
             options[key] = parse_value(value)
     else:
         target = os.path.expanduser(target)
@@ -409,7 +426,7 @@ def build_dataset(
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
-        raise AtrousError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
     if kind == "synthetic":
         from atrous.data import synthetic
 
@@ -419,7 +436,7 @@ def build_dataset(
             Path(target), split, transform=transform, skip_bad=skip_bad, num_classes=num_classes
         )
     if num_classes is not None and dataset.num_classes != num_classes:
-        raise AtrousError(
+        raise DataError(
             f"data {spec!r} has {dataset.num_classes} classes but num_classes={num_classes} was asked for: "
             "drop num_classes or fix it"
         )

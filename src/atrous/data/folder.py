@@ -24,6 +24,7 @@ from pathlib import Path
 from atrous.data.datasets import (
     IGNORE_INDEX,
     IMAGE_SUFFIXES,
+    DataError,
     SegmentationDataset,
     check_dir,
     list_dirs,
@@ -32,7 +33,6 @@ from atrous.data.datasets import (
     read_mask,
     standard_palette,
 )
-from atrous.errors import AtrousError
 
 
 def splits(root: Path) -> list[str]:
@@ -47,15 +47,13 @@ def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | No
     """(names, palette or None) from ROOT/classes.txt or ROOT/classes.json; None when neither exists."""
     txt, js = root / "classes.txt", root / "classes.json"
     if txt.exists() and js.exists():
-        raise AtrousError(f"{root} has both classes.txt and classes.json: keep one")
+        raise DataError(f"{root} has both classes.txt and classes.json: keep one")
     palette = None
     if txt.exists():
         try:
             lines = txt.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise AtrousError(
-                f"{txt}: cannot be read ({e}): write one class name per line in UTF-8"
-            ) from None
+            raise DataError(f"{txt}: cannot be read ({e}): write one class name per line in UTF-8") from None
         names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
         source = txt
     elif js.exists():
@@ -63,29 +61,27 @@ def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | No
             data = json.loads(js.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             msg = str(e).splitlines()[0]
-            raise AtrousError(f"{js}: not valid JSON ({msg}): write a list of class names") from None
+            raise DataError(f"{js}: not valid JSON ({msg}): write a list of class names") from None
         if isinstance(data, dict):
             unknown = sorted(set(data) - {"classes", "palette"})
             if unknown or "classes" not in data:
-                raise AtrousError(
-                    f"{js}: expected keys 'classes' and optionally 'palette', got {sorted(data)}"
-                )
+                raise DataError(f"{js}: expected keys 'classes' and optionally 'palette', got {sorted(data)}")
             names, palette = data["classes"], data.get("palette")
         else:
             names = data
         source = js
         if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-            raise AtrousError(f"{js}: 'classes' must be a list of non-empty names")
+            raise DataError(f"{js}: 'classes' must be a list of non-empty names")
         names = [n.strip() for n in names]
     else:
         return None
     if not names:
-        raise AtrousError(f"{source}: lists no class: write one class name per line")
+        raise DataError(f"{source}: lists no class: write one class name per line")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise AtrousError(f"{source}: class {dup!r} is listed twice: class names must be unique")
+        raise DataError(f"{source}: class {dup!r} is listed twice: class names must be unique")
     if len(names) > IGNORE_INDEX:
-        raise AtrousError(
+        raise DataError(
             f"{source}: {len(names)} classes, but label {IGNORE_INDEX} is reserved for ignore: at most 255"
         )
     if palette is not None:
@@ -95,9 +91,7 @@ def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | No
             for c in palette
         )
         if not ok:
-            raise AtrousError(
-                f"{source}: 'palette' must hold one [r, g, b] (0..255) per class ({len(names)})"
-            )
+            raise DataError(f"{source}: 'palette' must hold one [r, g, b] (0..255) per class ({len(names)})")
         palette = [tuple(c) for c in palette]
     return names, palette
 
@@ -109,19 +103,19 @@ def _scan_num_classes(root: Path, mask_dirs: list[Path], skip_bad: bool) -> int:
         for path in list_files(folder, (".png",)).values():
             try:
                 mask = read_mask(path)
-            except AtrousError:
+            except DataError:
                 if skip_bad:
                     continue  # the data set itself skips and reports it
                 raise
             labels = mask[mask != IGNORE_INDEX]
             if labels.size:
                 if labels.min() < 0:
-                    raise AtrousError(f"{path}: mask holds negative labels: labels are 0..K-1, 255 = ignore")
+                    raise DataError(f"{path}: mask holds negative labels: labels are 0..K-1, 255 = ignore")
                 largest = max(largest, int(labels.max()))
     if largest < 0:
-        raise AtrousError(f"{root}: no mask holds a label other than {IGNORE_INDEX}: check the masks")
+        raise DataError(f"{root}: no mask holds a label other than {IGNORE_INDEX}: check the masks")
     if largest > 1000:
-        raise AtrousError(
+        raise DataError(
             f"{root}: masks hold labels up to {largest}: write ROOT/classes.txt (one name per class) to confirm"
         )
     return largest + 1
@@ -138,23 +132,23 @@ def build(
     available = splits(root)
     if split is None:
         if available:
-            raise AtrousError(
+            raise DataError(
                 f"folder:{root} has splits {', '.join(available)}: choose one (--split, or split=...)"
             )
         base = root
     else:
         if not available:
             if not (root / "images").is_dir():
-                raise AtrousError(
+                raise DataError(
                     f"folder:{root} has neither images/ nor <split>/images/: lay it out as ROOT/images + "
                     "ROOT/masks or ROOT/<split>/images + ROOT/<split>/masks"
                 )
-            raise AtrousError(
+            raise DataError(
                 f"folder:{root} has no split folders (it has images/ and masks/ directly): leave the split "
                 f"out, or move the files to {root}/{split}/images and {root}/{split}/masks"
             )
         if split not in available:
-            raise AtrousError(f"folder:{root} has no split {split!r}: choose one of {', '.join(available)}")
+            raise DataError(f"folder:{root} has no split {split!r}: choose one of {', '.join(available)}")
         base = root / split
     image_dir = check_dir(base / "images", "images folder")
     mask_dir = check_dir(base / "masks", "masks folder")
@@ -163,7 +157,7 @@ def build(
     if declared is not None:
         names, palette = declared
         if num_classes is not None and num_classes != len(names):
-            raise AtrousError(
+            raise DataError(
                 f"{root}: the classes file lists {len(names)} classes but num_classes={num_classes}: make them agree"
             )
         label_fix = f"fix the mask, or list all classes in {root}/classes.txt"
@@ -191,7 +185,7 @@ def build(
     )
     name = f"folder:{root}" + (f" split {split!r}" if split is not None else "")
     if not pairs and not skipped:
-        raise AtrousError(
+        raise DataError(
             f"{name} is empty: {image_dir} holds no .png/.jpg/.jpeg image with a mask in {mask_dir}"
         )
     return SegmentationDataset(

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.datasets import SegmentationDataset, check_dir, pair_up, standard_palette
-from atrous.errors import AtrousError
+from atrous.data.datasets import DataError, SegmentationDataset, check_dir, pair_up, standard_palette
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -26,7 +25,7 @@ def _resolve(root: Path) -> Path:
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "ImageSets" / "Segmentation").is_dir():
             return candidate
-    raise AtrousError(
+    raise DataError(
         f"voc:{root}: no ImageSets/Segmentation folder here, in VOC2012/ or VOCdevkit/VOC2012/: point at the "
         "VOC2012 folder"
     )
@@ -49,18 +48,18 @@ def build(
     available = splits(root)
     if split is None or split not in available:
         what = "needs a split" if split is None else f"has no split {split!r}"
-        raise AtrousError(f"voc:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
+        raise DataError(f"voc:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
     if num_classes is not None and num_classes != len(CLASSES):
-        raise AtrousError(
+        raise DataError(
             f"voc:{root} has {len(CLASSES)} classes but num_classes={num_classes}: drop num_classes"
         )
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     try:
         ids = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise AtrousError(f"{list_file}: cannot be read ({e}): restore the VOC split file") from None
+        raise DataError(f"{list_file}: cannot be read ({e}): restore the VOC split file") from None
     if not ids:
-        raise AtrousError(f"{list_file} lists no image id: the split is empty")
+        raise DataError(f"{list_file} lists no image id: the split is empty")
     image_dir = check_dir(base / "JPEGImages", "VOC JPEGImages folder")
     mask_dir = check_dir(base / "SegmentationClass", "VOC SegmentationClass folder")
     # The split file is the list; a listed id whose image or mask is missing is a missing pair.
@@ -70,9 +69,7 @@ def build(
     if missing:
         msg = f"{list_file} lists {missing[0]!r} ({len(missing)} id(s) in all) with neither image nor mask"
         if not skip_bad:
-            raise AtrousError(
-                msg + ": restore the files or remove the ids (or skip bad files with --skip-bad)"
-            )
+            raise DataError(msg + ": restore the files or remove the ids (or skip bad files with --skip-bad)")
     pairs, skipped = pair_up(
         images,
         masks,
