@@ -8,3 +8,25 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A few training steps of a tiny dilated_net (8 channels, rates 1,2,5,1,2,5) on 32 synthetic `shapes` items of
+# 32x32 px: a real atrous checkpoint (4 classes, validation metrics in best.pt) in a few seconds.
+TINY_TRAIN_ARGS = [
+    "train",
+    "--model", "dilated_net", "--opt", "channels=8",
+    "--data", "synthetic:shapes?n=32&size=32", "--val-data", "synthetic:shapes?n=8&size=32",
+    "--epochs", "2", "--batch-size", "4", "--crop", "32", "--lr", "0.01", "--threads", "1",
+    "--set", "optim.name=adamw", "--set", "log.progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Path of `last.pt` of the tiny training run above; its run folder (best.pt, config.yaml, metrics.csv,
+    tensorboard/) is the parent. Treat it as read-only."""
+    from atrous.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    assert main([*TINY_TRAIN_ARGS, "--out", str(out)]) == 0
+    return out / "last.pt"

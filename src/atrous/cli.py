@@ -17,6 +17,7 @@ from atrous.errors import AtrousError
 # name -> one-line help; the module is atrous.commands.<name with - replaced by _>
 COMMANDS: dict[str, str] = {
     "models": "list the models with a one-line description (or one model's options)",
+    "train": "train a model (YAML config + flags; --resume, --init-from; data-parallel under torchrun)",
     "predict": "segment images and folders with a checkpoint: class-index PNGs and colour overlays",
     "export": "export a checkpoint's model to ONNX and check onnxruntime against PyTorch",
 }

@@ -185,7 +185,8 @@ def _build(cls: type, data: Any, *, prefix: str, where: str) -> Any:
     for key, value in data.items():
         if not isinstance(key, str) or key not in names:
             raise AtrousError(
-                f"{where}: unknown key {prefix}{_short(key)} in {section}; valid keys: {', '.join(names)}"
+                f"{where}: unknown key {prefix}{_short(key)}; valid keys"
+                f"{' under ' + section if prefix else ''}: {', '.join(names)}"
             )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

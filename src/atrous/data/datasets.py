@@ -79,13 +79,13 @@ def _open(path: Path, what: str) -> Image.Image:
         ) from None
     except Exception as e:  # PIL raises many types for garbage (OSError, SyntaxError, struct.error, ...)
         raise DataError(
-            f"{path}: unreadable {what} file ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
+            f"{path}: unreadable {what} file ({_one_line(e)}): replace or remove it, or skip bad files (eval --skip-bad, train --set data.skip_bad=true)"
         ) from None
     w, h = img.size
     if w == 0 or h == 0:
         img.close()
         raise DataError(
-            f"{path}: {what} is {w}x{h} pixels (empty): replace or remove it, or skip bad files with --skip-bad"
+            f"{path}: {what} is {w}x{h} pixels (empty): replace or remove it, or skip bad files (eval --skip-bad, train --set data.skip_bad=true)"
         )
     return img
 
@@ -95,7 +95,7 @@ def _decode(img: Image.Image, path: Path, what: str) -> None:
         img.load()
     except Exception as e:  # truncated data, corrupt chunks, bad CRC, ...
         raise DataError(
-            f"{path}: {what} is damaged ({_one_line(e)}): replace or remove it, or skip bad files with --skip-bad"
+            f"{path}: {what} is damaged ({_one_line(e)}): replace or remove it, or skip bad files (eval --skip-bad, train --set data.skip_bad=true)"
         ) from None
 
 
@@ -344,7 +344,7 @@ def pair_up(
             reason = f"{masks[key]} has no image {expected_image(key)}: add the image, or remove the mask"
             path = masks[key]
         if not skip_bad:
-            raise DataError(reason + " (or skip bad files with --skip-bad)")
+            raise DataError(reason + " (or skip bad files (eval --skip-bad, train --set data.skip_bad=true))")
         skipped.append((path, reason))
     return pairs, skipped
 

@@ -69,7 +69,10 @@ def build(
     if missing:
         msg = f"{list_file} lists {missing[0]!r} ({len(missing)} id(s) in all) with neither image nor mask"
         if not skip_bad:
-            raise DataError(msg + ": restore the files or remove the ids (or skip bad files with --skip-bad)")
+            raise DataError(
+                msg
+                + ": restore the files or remove the ids (or skip bad files (eval --skip-bad, train --set data.skip_bad=true))"
+            )
     pairs, skipped = pair_up(
         images,
         masks,
