@@ -9,7 +9,7 @@ et al., CVPR 2016) benchmarks. Bad files are the rule in real data sets, so a pa
 - lazily, in `__getitem__`: the pixels decode (a truncated file fails here) and every mask label is a
   class index or 255 (ignore); a label >= num_classes would otherwise silently corrupt the loss and the
   metrics.
-Each problem is an `AtrousError` of one line naming the file and the fix. With `skip_bad=True` every pair is
+Each problem is a `DataError` (an `AtrousError`) of one line naming the file and the fix. With `skip_bad=True` every pair is
 decoded and checked once up front instead, bad pairs are left out with a warning, and `skipped` lists them:
 the remaining items are exactly the good pairs, so no metric counts a substitute.
 """
@@ -31,6 +31,12 @@ from torchvision import tv_tensors
 from atrous.errors import AtrousError
 
 IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Mask modes that hold class indices: 8-bit grey, palette (the index is the label, as in VOC), 1-bit,
+# and 16/32-bit integer grey (labels must still be < num_classes or 255).
+_MASK_MODES = ("L", "P", "1", "I;16", "I;16L", "I;16B", "I")
+# At most this many skipped files are warned about one by one; a summary line gives the total.
+_WARN_EACH = 5
 
 
 class DataError(AtrousError):
@@ -46,14 +52,6 @@ class DataError(AtrousError):
             last = message.rstrip().splitlines()[-1]  # "atrous.data.datasets.DataError: <message>"
             message = last.split(": ", 1)[1] if ": " in last else last
         super().__init__(message)
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Mask modes that hold class indices: 8-bit grey, palette (the index is the label, as in VOC), 1-bit,
-# and 16/32-bit integer grey (labels must still be < num_classes or 255).
-_MASK_MODES = ("L", "P", "1", "I;16", "I;16L", "I;16B", "I")
-# At most this many skipped files are warned about one by one; a summary line gives the total.
-_WARN_EACH = 5
 
 
 def _one_line(error: BaseException) -> str:
