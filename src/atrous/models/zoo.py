@@ -217,7 +217,16 @@ def hdc_duc(
 
 
 def _fcn(num_classes: int, backbone: str, width: float, pretrained_backbone, skips: int) -> Segmenter:
-    """FCN-32s/16s/8s on VGG-16 (fc7, pool4, pool3) or a pooling ResNet at output stride 32 (layer4, 3, 2)."""
+    """FCN-32s/16s/8s on VGG-16 (fc7, pool4, pool3) or a pooling ResNet at output stride 32 (layer4, 3, 2).
+
+    Odd sizes without FCN's 100-pixel input padding: the Caffe FCN pads the input by 100 px so that fc6's
+    unpadded 7x7 convolution fits any image, then crops every upsampled map at a computed offset (5, 9, 31
+    pixels). Here every convolution is "same"-padded and pooling rounds up (ceil_mode), so the stride-s map
+    has exactly ceil(H/s) rows and its pixel i is centred on input pixel s*i + (s-1)/2, which is where a
+    bilinear deconvolution with padding (2f - f % 2 - f) // 2 puts it. Skips and final output are therefore
+    aligned at offset 0, and only the bottom/right overhang (2*ceil(H/32) >= ceil(H/16), s*ceil(H/s) >= H)
+    is cropped. No pixel is lost for odd H, W and no computation is spent on 100 px of padding.
+    """
     if backbone == "vgg16":
         net = VGG16(width=width, pretrained=pretrained_backbone)
         names = ("fc7", "pool4", "pool3")
