@@ -376,3 +376,32 @@ def test_bad_file_found_in_a_dataloader_worker_is_still_one_line(tmp_path):
     del batches  # shuts the worker down now
     _assert_one_line_naming(info.value, tmp_path / "masks" / "w.png")
     assert str(info.value).startswith(str(tmp_path / "masks" / "w.png")) and "label(s) 9" in str(info.value)
+
+
+@pytest.mark.parametrize("fault", ["label", "truncated", "size"])
+def test_cli_reports_bad_data_in_one_line(tmp_path, capsys, fault):
+    """Through `atrous train` (one DataLoader worker): exit 2, one stderr line naming the file, no traceback."""
+    from atrous.cli import main
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("bg\nfg\n")
+    for stem in "ab":
+        Image.fromarray(_rgb(16, 16)).save(root / "images" / f"{stem}.png")
+        Image.new("L", (16, 16), 1).save(root / "masks" / f"{stem}.png")
+    bad = root / "masks" / "b.png"
+    if fault == "label":
+        Image.new("L", (16, 16), 7).save(bad)  # found when the item is read, inside the worker
+    elif fault == "truncated":
+        bad = root / "images" / "b.png"
+        bad.write_bytes(_png_bytes(_rgb(16, 16))[:-300])  # header intact, pixel data cut
+    else:
+        Image.new("L", (16, 12), 1).save(bad)  # found when the data set is built
+    args = ["train", "--data", f"folder:{root}", "--model", "dilated_net", "--opt", "channels=4"]
+    args += ["--opt", "rates=1,2", "--iters", "1", "--batch-size", "2", "--crop", "16", "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
