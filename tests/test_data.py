@@ -105,6 +105,8 @@ def test_folder_split_errors(split_tree):
         build_dataset(f"folder:{root}")
     with pytest.raises(AtrousError, match="has no split 'test': choose one of train, val"):
         build_dataset(f"folder:{root}", "test")
+    with pytest.raises(AtrousError, match=r"has neither images/ nor <split>/images/"):
+        build_dataset(f"folder:{root / 'train' / 'masks'}")
 
 
 def _voc_tree(root, ids, sizes):

@@ -130,6 +130,11 @@ def build(
     num_classes: int | None = None,
 ) -> SegmentationDataset:
     available = splits(root)
+    if not available and not (root / "images").is_dir():
+        raise DataError(
+            f"folder:{root} has neither images/ nor <split>/images/: lay it out as ROOT/images + "
+            "ROOT/masks or ROOT/<split>/images + ROOT/<split>/masks"
+        )
     if split is None:
         if available:
             raise DataError(
@@ -138,11 +143,6 @@ def build(
         base = root
     else:
         if not available:
-            if not (root / "images").is_dir():
-                raise DataError(
-                    f"folder:{root} has neither images/ nor <split>/images/: lay it out as ROOT/images + "
-                    "ROOT/masks or ROOT/<split>/images + ROOT/<split>/masks"
-                )
             raise DataError(
                 f"folder:{root} has no split folders (it has images/ and masks/ directly): leave the split "
                 f"out, or move the files to {root}/{split}/images and {root}/{split}/masks"
