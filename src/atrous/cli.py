@@ -18,6 +18,7 @@ from atrous.errors import AtrousError
 COMMANDS: dict[str, str] = {
     "models": "list the models with a one-line description (or one model's options)",
     "train": "train a model (YAML config + flags; --resume, --init-from; data-parallel under torchrun)",
+    "eval": "evaluate a checkpoint on a data set: mIoU, pixel accuracy, per-class IoU, object recall by size",
     "predict": "segment images and folders with a checkpoint: class-index PNGs and colour overlays",
     "export": "export a checkpoint's model to ONNX and check onnxruntime against PyTorch",
 }

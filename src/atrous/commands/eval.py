@@ -1,0 +1,123 @@
+"""`atrous eval`: evaluate a checkpoint on a data set (whole image, sliding window, or multi-scale + flip).
+
+Every number comes from `atrous.metrics` (one confusion matrix; object recall by size) through
+`atrous.engine.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from atrous.commands._inference import add_inference_arguments, build_infer_from_args, load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_inference_arguments(parser)
+    parser.add_argument(
+        "--data", required=True, metavar="SPEC", help="folder:ROOT, voc:ROOT, synthetic:NAME, ..."
+    )
+    parser.add_argument(
+        "--split", help="split to evaluate (default: val when the data has splits, else all of it)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON (atomically)")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable image/mask pairs with a warning and a count"
+    )
+
+
+def _plain(value):
+    """Metrics as JSON values: numpy/torch scalars -> Python numbers, NaN -> None."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def format_report(result: dict) -> str:
+    """The metrics as a short text table."""
+
+    def pct(v):
+        return "   n/a" if v is None else f"{100 * v:5.1f}%"
+
+    lines = [
+        f"{result['data']} [{result['split'] or 'all'}], {result['images']} images, inference: {result['inference']}",
+        f"mIoU {pct(result['miou'])}   pixel acc {pct(result['pixel_acc'])}   mean acc {pct(result.get('mean_acc'))}"
+        f"   fw IoU {pct(result.get('fw_iou'))}",
+        "per-class IoU:",
+    ]
+    width = max(len(n) for n in result["class_names"])
+    for name, iou in zip(result["class_names"], result["per_class_iou"]):
+        lines.append(f"  {name:<{width}} {pct(iou)}")
+    lines.append("object recall by size (sqrt(area), px):")
+    for b in result["object_recall_by_size"]:
+        span = f"[{b['min']}, {b['max'] if b['max'] is not None else 'inf'})"
+        lines.append(f"  {span:<10} objects {b['objects']:6d}   recall {pct(b['recall'])}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from atrous._io import atomic_write_text
+    from atrous.data import available_splits, build_dataset, eval_transform
+    from atrous.engine import evaluate
+    from atrous.errors import AtrousError
+    from atrous.inference import describe
+
+    if args.workers < 0:
+        raise AtrousError(f"--workers {args.workers}: give 0 or more worker processes")
+    infer = build_infer_from_args(args)
+    model = load_model(args)
+    meta = model.meta
+    split = args.split
+    if split is None and available_splits(args.data):
+        split = "val"
+    dataset = build_dataset(
+        args.data,
+        split,
+        transform=eval_transform(mean=meta.mean, std=meta.std),
+        skip_bad=args.skip_bad,
+    )
+    if len(dataset) == 0:
+        raise AtrousError(f"data {args.data!r} split {split!r} is empty: give a split with images")
+    if dataset.num_classes != meta.num_classes:
+        raise AtrousError(
+            f"checkpoint {args.checkpoint} predicts {meta.num_classes} classes but data {args.data!r} has "
+            f"{dataset.num_classes}: evaluate on data with the model's classes"
+        )
+    if list(dataset.classes) != list(meta.classes):
+        print(
+            f"atrous eval: warning: class names differ (checkpoint {meta.classes}, data {list(dataset.classes)}); "
+            "reporting the checkpoint's",
+            file=sys.stderr,
+        )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.workers)
+    metrics = evaluate(model, loader, num_classes=meta.num_classes, device=args.device, infer=infer)
+    result = _plain(
+        {
+            "checkpoint": str(args.checkpoint),
+            "model": meta.name,
+            "data": args.data,
+            "split": split,
+            "images": len(dataset),
+            "inference": describe(infer),
+            "class_names": list(meta.classes),
+            **metrics,
+        }
+    )
+    print(format_report(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,149 @@
+"""`atrous eval`: its JSON against metrics computed here by brute force (numpy confusion counts, scipy
+components) from the model's own predictions; sliding window and TTA plumbing; one-line user errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+from _inference_helpers import write_checkpoint
+from atrous.api import load, predict
+from atrous.cli import main
+from atrous.data import build_dataset
+from atrous.inference import MultiScaleFlip
+
+DATA = "synthetic:shapes?n=3&size=40&seed=5"
+SHAPES = ["background", "disc", "box", "diamond"]
+SHAPES_PALETTE = [[0, 0, 0], [220, 50, 50], [50, 180, 60], [60, 90, 220]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(
+        tmp_path_factory.mktemp("ck") / "shapes.pt",
+        name="dilated_net",
+        classes=SHAPES,
+        palette=SHAPES_PALETTE,
+        channels=8,
+        rates=(1, 2, 4),
+    )
+
+
+def brute_force_metrics(pairs, k):
+    """mIoU, pixel accuracy, per-class IoU and object recall by size, by plain counting."""
+    inter, union, correct, total = np.zeros(k), np.zeros(k), 0, 0
+    buckets = [(0, 4), (4, 8), (8, 16), (16, 32), (32, None)]
+    recalls = [[] for _ in buckets]
+    for pred, gt in pairs:
+        valid = gt != 255
+        correct += int(((pred == gt) & valid).sum())
+        total += int(valid.sum())
+        for c in range(k):
+            inter[c] += ((pred == c) & (gt == c) & valid).sum()
+            union[c] += (((pred == c) | (gt == c)) & valid).sum()
+            components, n = scipy.ndimage.label(gt == c, structure=np.ones((3, 3)))
+            for j in range(1, n + 1):
+                obj = components == j
+                size = math.sqrt(obj.sum())
+                b = next(i for i, (lo, hi) in enumerate(buckets) if size >= lo and (hi is None or size < hi))
+                recalls[b].append((pred[obj] == c).mean())
+    per_class = [inter[c] / union[c] if union[c] else None for c in range(k)]
+    present = [v for v in per_class if v is not None]
+    by_size = [
+        {"min": lo, "max": hi, "objects": len(r), "recall": float(np.mean(r)) if r else None}
+        for (lo, hi), r in zip(buckets, recalls)
+    ]
+    return {
+        "miou": sum(present) / len(present),
+        "pixel_acc": correct / total,
+        "per_class_iou": per_class,
+    }, by_size
+
+
+def run_eval(checkpoint, tmp_path, *extra):
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", DATA, "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def check_against_brute_force(result, checkpoint, infer=None):
+    model = load(checkpoint)
+    dataset = build_dataset(DATA, "val")
+    pairs = []
+    for image, mask in dataset:
+        rgb = image.permute(1, 2, 0).numpy()
+        labels = predict(model, rgb) if infer is None else predict(model, rgb, infer=infer)
+        pairs.append((labels, mask.numpy()))
+    expected, by_size = brute_force_metrics(pairs, len(SHAPES))
+    assert result["miou"] == pytest.approx(expected["miou"], abs=1e-6)
+    assert result["pixel_acc"] == pytest.approx(expected["pixel_acc"], abs=1e-6)
+    assert result["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-6)
+    assert len(result["object_recall_by_size"]) == len(by_size)
+    for got, want in zip(result["object_recall_by_size"], by_size):
+        assert (got["min"], got["max"], got["objects"]) == (want["min"], want["max"], want["objects"])
+        assert got["recall"] == pytest.approx(want["recall"], abs=1e-6)
+
+
+def test_eval_json_matches_brute_force(checkpoint, tmp_path, capsys):
+    result = run_eval(checkpoint, tmp_path, "--no-optimize")
+    assert result["class_names"] == SHAPES and result["split"] == "val" and result["images"] == 3
+    assert "mIoU" in capsys.readouterr().out
+    check_against_brute_force(result, checkpoint)
+    assert sum(b["objects"] for b in result["object_recall_by_size"]) > 3  # several objects were scored
+
+
+def test_eval_optimized_model_by_default(checkpoint, tmp_path):
+    # the optimised copy gives the same outputs to 1e-4: the same metrics (up to a rare argmax tie)
+    plain = run_eval(checkpoint, tmp_path, "--no-optimize")
+    optimized = run_eval(checkpoint, tmp_path)
+    assert optimized["pixel_acc"] == pytest.approx(plain["pixel_acc"], abs=1e-3)
+
+
+def test_sliding_window_covering_the_image_equals_whole_image(checkpoint, tmp_path):
+    whole = run_eval(checkpoint, tmp_path, "--no-optimize")
+    sliding = run_eval(checkpoint, tmp_path, "--no-optimize", "--sliding", "64")
+    assert sliding["inference"].startswith("SlidingWindow")
+    for key in ("miou", "pixel_acc", "per_class_iou", "object_recall_by_size"):
+        assert sliding[key] == whole[key]
+    tiled = run_eval(checkpoint, tmp_path, "--no-optimize", "--sliding", "24", "--stride", "16")
+    assert tiled["inference"] == "SlidingWindow(size=(24, 24), stride=(16, 16))"
+
+
+def test_tta_against_brute_force(checkpoint, tmp_path):
+    result = run_eval(checkpoint, tmp_path, "--no-optimize", "--tta", "flip,0.75,1.25")
+    assert result["inference"].startswith("MultiScaleFlip(scales=(0.75, 1.25), flip=True")
+    check_against_brute_force(result, checkpoint, infer=MultiScaleFlip(scales=(0.75, 1.25), flip=True))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "synthetic:texture?n=2&size=32"], "predicts 4 classes but data"),
+        (["--data", DATA, "--split", "nope"], "nope"),
+        (["--data", "synthetic:nosuchtask"], "nosuchtask"),
+        (["--data", DATA, "--tta", "flip,zero"], "--tta"),
+        (["--data", DATA, "--stride", "8"], "--stride needs --sliding"),
+    ],
+)
+def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), *args, "--json", str(out), "--no-optimize"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_empty_split_and_foreign_checkpoint(checkpoint, tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "masks").mkdir(parents=True)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", f"folder:{root}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(root) in err
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")  # not an atrous checkpoint
+    assert main(["eval", "--checkpoint", str(tmp_path / "foreign.pt"), "--data", DATA]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "foreign.pt" in err and len(err.splitlines()) == 1
