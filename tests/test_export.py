@@ -74,13 +74,14 @@ def test_export_dynamic_at_unseen_sizes(checkpoint, tmp_path, capsys):
         assert np.abs(got - expected).max() < 1e-3
 
 
-def test_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "bad.onnx"
-    monkeypatch.setattr(atrous.export, "onnx_max_abs_diff", lambda *a: 0.25)
+def test_failed_check_writes_nothing(tmp_path, capsys, monkeypatch):
+    checkpoint = write_checkpoint(tmp_path / "small.pt", name="dilated_net", channels=8, rates=(1, 2))
+    out = tmp_path / "out" / "bad.onnx"
+    monkeypatch.setattr(atrous.export, "onnx_max_abs_diff", lambda *a: 0.25)  # a fault injected
     assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(out), "--size", "32"]) == 2
     err = capsys.readouterr().err.strip()
     assert "differs from PyTorch by 0.25" in err and str(out) in err and len(err.splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+    assert list(out.parent.iterdir()) == []  # neither the file nor a temporary one
 
 
 def test_export_of_a_missing_checkpoint(tmp_path, capsys):
