@@ -173,19 +173,27 @@ class ObjectRecall:
             )
         t = target.detach().cpu().numpy()
         p = pred.detach().cpu().numpy()
-        for c in np.unique(t):
-            if c == self.ignore_index:
+        valid = t != self.ignore_index
+        if not valid.any():
+            return
+        t_min, t_max = int(t[valid].min()), int(t[valid].max())
+        if t_min < 0 or t_max >= self.num_classes:
+            bad = t_min if t_min < 0 else t_max
+            raise ValueError(
+                f"target holds label {bad}, outside 0..{self.num_classes - 1} "
+                f"and not ignore_index {self.ignore_index}"
+            )
+        # One pass finds each class's bounding box (labels shifted by one: 0 = ignored), so the per-class
+        # work below runs on that box only instead of the whole image.
+        boxes = ndimage.find_objects(np.where(valid, t + 1, 0), max_label=self.num_classes)
+        for c, box in enumerate(boxes):
+            if box is None:
                 continue
-            if c < 0 or c >= self.num_classes:
-                raise ValueError(
-                    f"target holds label {int(c)}, outside 0..{self.num_classes - 1} "
-                    f"and not ignore_index {self.ignore_index}"
-                )
-            labels, n = ndimage.label(t == c, structure=_EIGHT_CONNECTED)
+            labels, n = ndimage.label(t[box] == c, structure=_EIGHT_CONNECTED)
             flat = labels.ravel()
-            # Per component (index 0 = background of this class, dropped): area and correctly predicted pixels.
+            # Per component (index 0 = not this class, dropped): area and correctly predicted pixels.
             area = np.bincount(flat, minlength=n + 1)[1:]
-            hit = np.bincount(flat, weights=(p == c).ravel(), minlength=n + 1)[1:]
+            hit = np.bincount(flat, weights=(p[box] == c).ravel(), minlength=n + 1)[1:]
             bucket = np.digitize(np.sqrt(area), self._edges)
             self.recall_sum += torch.from_numpy(
                 np.bincount(bucket, weights=hit / area, minlength=len(SIZE_BUCKETS))
