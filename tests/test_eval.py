@@ -126,6 +126,7 @@ def test_tta_against_brute_force(checkpoint, tmp_path):
         (["--data", "synthetic:nosuchtask"], "nosuchtask"),
         (["--data", DATA, "--tta", "flip,zero"], "--tta"),
         (["--data", DATA, "--stride", "8"], "--stride needs --sliding"),
+        (["--data", DATA, "--device", "foo"], "not a torch device"),
     ],
 )
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, args, message):

@@ -148,6 +148,7 @@ def test_bad_images_stop_with_one_line_or_are_counted(checkpoint, tmp_path, caps
         ("missing", "no such file or folder"),
         ("empty-folder", "no images found"),
         ("collision", "would both be written"),
+        ("out-is-a-file", "is a file"),
     ],
 )
 def test_input_errors(checkpoint, tmp_path, capsys, setup, message):
@@ -159,10 +160,31 @@ def test_input_errors(checkpoint, tmp_path, capsys, setup, message):
         a = write_images(tmp_path / "a", 1)[0]
         b = write_images(tmp_path / "b", 1)[0]
         inputs = [str(a), str(b)]
-    assert main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(tmp_path / "out")]) == 2
+    out = tmp_path / "out"
+    if setup == "out-is-a-file":
+        inputs = [str(write_images(tmp_path / "a", 1)[0])]
+        out.write_text("a file where the output folder should go")
+    assert main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert not out.is_dir()
+
+
+def test_folder_walk_survives_symlink_loops_and_odd_names(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in put"
+    write_images(inputs / "ünï cödé", 2)
+    (inputs / "ünï cödé" / "loop").symlink_to(
+        inputs, target_is_directory=True
+    )  # in put/ünï cödé/loop -> in put
+    (inputs / "UPPER.PNG").write_bytes((inputs / "ünï cödé" / "0000.png").read_bytes())
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out), "--no-optimize"])
+        == 0
+    )
+    assert "3 predicted" in capsys.readouterr().out
+    written = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert written == ["UPPER.png", "ünï cödé/0000.png", "ünï cödé/0001.png"]
 
 
 def test_outputs_inside_the_input_folder_are_not_read_back(checkpoint, tmp_path, capsys):

@@ -61,9 +61,18 @@ def load_model(args: argparse.Namespace):
     import torch
 
     from atrous.api import load
+    from atrous.errors import AtrousError
     from atrous.optimize import optimize
 
-    model = load(args.checkpoint, device=args.device)
-    if args.optimize and torch.device(args.device).type == "cpu":
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise AtrousError(
+            f"--device {args.device!r} is not a torch device: use cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AtrousError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    model = load(args.checkpoint, device=device)
+    if args.optimize and device.type == "cpu":
         model = optimize(model)
     return model

@@ -22,7 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="H[,W]",
         help="input size to trace (the graph's fixed size without --dynamic; default 512)",
     )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        choices=range(11, 21),
+        metavar="N",
+        help="ONNX opset version, 11-20 (the TorchScript exporter's range from the opset of Resize; default 17)",
+    )
     parser.add_argument(
         "--atol",
         type=float,
