@@ -9,6 +9,7 @@ import torch
 import atrous
 from atrous.cli import main
 from atrous.models import available, build, describe, options
+from atrous.ops import AtrousConv2d
 
 # the smallest configuration of each model that still exercises its structure
 TINY = {
@@ -55,9 +56,19 @@ def test_contract(name):
             assert torch.isfinite(p.grad).all(), pname
     # eval mode, batch 1, another odd size; rebuilt from build_args gives the same architecture
     model.eval()
+    x = torch.randn(1, 3, 33, 51)
     with torch.no_grad():
-        y = model(torch.randn(1, 3, 33, 51))
+        y = model(x)
+        features = model.backbone(x)
     assert y.shape == (1, 5, 33, 51) and torch.isfinite(y).all()
+    # the backbone's declared feature contract holds on real tensors
+    assert list(features) == list(model.backbone.feature_info)
+    for fname, info in model.backbone.feature_info.items():
+        assert features[fname].shape[1:] == (info.channels, -(-33 // info.stride), -(-51 // info.stride))
+    # every dilated convolution is an AtrousConv2d
+    for mname, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1:
+            assert isinstance(m, AtrousConv2d), mname
     again = build(name, 5, **model.build_args["options"])
     assert again.load_state_dict(model.state_dict()) is not None
 
