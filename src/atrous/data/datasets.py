@@ -40,18 +40,7 @@ _WARN_EACH = 5
 
 
 class DataError(AtrousError):
-    """A bad data file or layout (an `AtrousError`: the CLI prints it as one line and exits 2).
-
-    A DataLoader worker re-raises an exception in the main process as `type(e)(text)` where the text holds
-    the worker's whole traceback; for this class that text is cut back to the original one-line message,
-    so a bad file found inside a worker still reads as one line.
-    """
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:
-            last = message.rstrip().splitlines()[-1]  # "atrous.data.datasets.DataError: <message>"
-            message = last.split(": ", 1)[1] if ": " in last else last
-        super().__init__(message)
+    """A bad data file or layout (an `AtrousError`: the CLI prints it as one line and exits 2)."""
 
 
 def _one_line(error: BaseException) -> str:
