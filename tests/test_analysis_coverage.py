@@ -1,0 +1,198 @@
+"""Coverage maps, HDC rules, valid weights, ERF and object sizes against brute-force enumeration, hand
+computations and the papers' published examples."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from itertools import pairwise, product
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from atrous.analysis import (
+    coverage,
+    coverage_model,
+    erf,
+    hdc_check,
+    hdc_plan,
+    object_sizes,
+    objects_at_risk,
+    valid_weights,
+)
+
+
+def _brute_paths(rates, k):
+    """2-D path counts by enumerating every choice of one tap per layer (independent of the code)."""
+    c = (k - 1) // 2
+    taps = [(dy, dx) for dy in range(-c, c + 1) for dx in range(-c, c + 1)]
+    counts = Counter()
+    for choice in product(taps, repeat=len(rates)):
+        y = sum(t[0] * r for t, r in zip(choice, rates))
+        x = sum(t[1] * r for t, r in zip(choice, rates))
+        counts[(y, x)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("rates, k", [((2, 2, 2), 3), ((1, 2, 5), 3), ((1, 2, 9), 3), ((2, 3), 5), ((3,), 3)])
+def test_coverage_equals_brute_enumeration(rates, k):
+    cov = coverage(rates, k)
+    brute = _brute_paths(rates, k)
+    half = (k - 1) // 2 * sum(rates)
+    n = 2 * half + 1
+    assert cov["rf"] == [n, n]
+    grid = [[brute.get((y - half, x - half), 0) for x in range(n)] for y in range(n)]
+    assert cov["coverage"] == grid
+    covered = [v for row in grid for v in row if v]
+    assert cov["holes"] == n * n - len(covered)
+    assert cov["gridding_ratio"] == pytest.approx((n * n - len(covered)) / (n * n))
+    assert cov["spread"] == pytest.approx(max(covered) / min(covered))
+
+
+def test_gridding_of_222_and_exponential_spread():
+    cov = coverage((2, 2, 2))
+    assert cov["holes"] == 13 * 13 - 7 * 7  # only even offsets are reached: 7 of 13 per axis
+    assert coverage((1, 2, 5))["holes"] == 0
+    # an exponential schedule covers everything but unevenly (Yu & Koltun's context rates)
+    ctx = coverage((1, 1, 2, 4, 8, 16, 1))
+    assert ctx["holes"] == 0 and ctx["rf"] == [67, 67] and ctx["spread"] > 1000
+
+
+def test_coverage_model_of_a_plain_stack_equals_the_exact_counts():
+    from atrous import models
+
+    for rates in ((2, 2, 2), (1, 2, 5)):
+        model = models.build("dilated_net", 2, rates=rates, channels=3)
+        got = coverage_model(model, (41, 41))
+        exact = coverage(rates)
+        top, left, bottom, right = got["box"]
+        box = np.array(got["coverage"])[top : bottom + 1, left : right + 1]
+        assert got["rf"] == exact["rf"] and got["holes"] == exact["holes"]
+        np.testing.assert_allclose(box, np.array(exact["coverage"], dtype=float), rtol=1e-12)
+
+
+def test_coverage_model_counts_max_pool_windows_and_skips_global_pooling():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=2, dilation=2)
+            self.pool = nn.MaxPool2d(2, 2)
+            self.fc = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv(x)))  # (N, 2, H/2, W/2)
+            return self.fc(y) + y.mean((2, 3), keepdim=True)
+
+    got = coverage_model(Net(), (16, 16), point=(4, 4))
+    # by hand: output (4, 4) sums pool window rows/cols 8..9, each reading offsets -2, 0, 2: rows 6..11
+    grid = np.array(got["coverage"])
+    want_axis = np.zeros(16)
+    for p in (8, 9):
+        for t in (-2, 0, 2):
+            want_axis[p + t] += 1
+    np.testing.assert_allclose(grid, np.outer(want_axis, want_axis))
+    assert got["holes"] == 0 and got["rf"] == [6, 6]
+
+
+def _recurrence(rates):  # Wang et al. eq. for M_i, written out again for the test
+    m = rates[-1]
+    for r in reversed(rates[1:-1]):
+        m = max(m - 2 * r, m - 2 * (m - r), r)
+    return m
+
+
+def test_hdc_paper_examples():
+    ok = hdc_check((1, 2, 5), 3)
+    assert ok["valid"] and ok["recurrence"]["M_2"] == 2 and ok["reasons"] == []
+    bad = hdc_check((1, 2, 9), 3)  # the paper: M_2 = 5 > 3
+    assert not bad["valid"] and bad["recurrence"]["M_2"] == 5 and "M_2 = 5" in bad["reasons"][0]
+    shared = hdc_check((2, 4, 8), 3)  # common factor 2: gridding
+    assert not shared["valid"] and shared["common_factor"] == 2
+    assert any("factor 2" in r for r in shared["reasons"])
+
+
+def test_recurrence_alone_accepts_lists_with_holes():
+    check = hdc_check((2, 2, 5), 3)
+    assert check["recurrence"]["ok"] and check["common_factor"] == 1  # both rules pass...
+    assert not check["valid"] and check["holes"] > 0  # ...but the exact coverage has holes
+    assert "never reached" in check["reasons"][-1]
+
+
+def test_planner_is_exactly_the_brute_valid_set_ranked():
+    plan = hdc_plan(3, 3, 6)
+    want = set()
+    for rates in product(range(1, 7), repeat=3):
+        reached = {sum(t * r for t, r in zip(ts, rates)) for ts in product((-1, 0, 1), repeat=3)}
+        half = sum(rates)
+        no_holes = reached == set(range(-half, half + 1))
+        if _recurrence(rates) <= 3 and math.gcd(*rates) == 1 and no_holes:
+            want.add(rates)
+    assert {tuple(e["rates"]) for e in plan} == want
+    keys = [(-e["rf"][0], e["spread"]) for e in plan]
+    assert keys == sorted(keys)
+    assert plan[0]["rf"][0] == 1 + 2 * max(sum(r) for r in want)
+
+
+def _brute_valid(size, rate, k):
+    c = (k - 1) // 2
+    counts = Counter()
+    for y, x in product(range(size), repeat=2):
+        n = sum(
+            0 <= y + (ty - c) * rate < size and 0 <= x + (tx - c) * rate < size
+            for ty in range(k)
+            for tx in range(k)
+        )
+        counts[n] += 1
+    return {n: v / size**2 for n, v in counts.items()}
+
+
+@pytest.mark.parametrize("rate, k", [(1, 3), (3, 3), (6, 3), (12, 3), (13, 3), (2, 5), (4, 5)])
+def test_valid_weights_equal_brute_enumeration(rate, k):
+    got = valid_weights(13, rate, k)
+    brute = _brute_valid(13, rate, k)
+    assert got["histogram"].keys() == brute.keys()
+    for n, v in brute.items():
+        assert got["histogram"][n] == pytest.approx(v)
+    assert got["mean_fraction"] == pytest.approx(sum(n * v for n, v in brute.items()) / k**2)
+
+
+def test_valid_weights_deeplab_v3_fig4_endpoints():
+    # rate 1 on 65x65: all 9 taps valid everywhere except the one-pixel border
+    assert valid_weights(65, 1)["all_valid"] == pytest.approx(63**2 / 65**2)
+    # rate >= 65: the 3x3 filter degenerates to its centre tap at every position
+    for r in (65, 80):
+        v = valid_weights(65, r)
+        assert v["only_centre"] == 1.0 and v["mean_fraction"] == pytest.approx(1 / 9)
+    curve = [valid_weights(65, r)["mean_fraction"] for r in range(1, 70)]
+    assert all(a >= b for a, b in pairwise(curve))  # monotone decay as in the figure
+
+
+def test_erf_of_a_linear_model_is_its_kernel():
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 0, -1.0], [0, 4.0, 0], [1.0, 0, 1.0]]]]))
+    got = erf(conv, (9, 9), samples=3)
+    want = np.zeros((9, 9))
+    want[3:6, 3:6] = np.abs(conv.weight.detach().numpy()[0, 0]) / 4  # flipped |kernel| is symmetric here
+    np.testing.assert_allclose(got["heatmap"], want, atol=1e-12)
+    # mass: centre 4 of 8 -> 50 % at radius 0; the corners at sqrt(2) complete 95 %
+    assert got["radius50"] == 0.0 and got["radius95"] == pytest.approx(math.sqrt(2))
+    assert got["rf"] == [3, 3]
+    # the same from an image iterable (a data loader), resized to the input size
+    images = [torch.rand(1, 12, 12) for _ in range(2)]
+    np.testing.assert_allclose(erf(conv, (9, 9), images=images)["heatmap"], want, atol=1e-12)
+
+
+def test_object_sizes_are_8_connected_components():
+    mask = torch.zeros(8, 8, dtype=torch.int64)
+    mask[0, 0] = mask[1, 1] = 1  # diagonal neighbours: one object of area 2
+    mask[5:8, 5:8] = 1  # area 9
+    mask[4, 0] = 255  # ignored
+    sizes = object_sizes([(None, mask)])
+    assert sizes[1] == [math.sqrt(2), 3.0] and sorted(sizes) == [0, 1]
+    rows = objects_at_risk(sizes, limit=4, erf_radius=1.0)
+    cls1 = next(r for r in rows if r["class"] == 1)
+    assert cls1["below_limit"] == 1.0 and cls1["at_risk"] and cls1["histogram"][0] == 2
+    assert cls1["wider_than_erf"] == 0.0
