@@ -27,15 +27,31 @@ def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
-class ClassifierHead(nn.Conv2d):
-    """A 1x1 convolution from the feature `feature` to `num_classes` logits."""
+class ClassifierHead(nn.Module):
+    """A 1x1 convolution from the feature `feature` to `num_classes` logits. (A module holding the conv,
+    not an nn.Conv2d subclass, so that hooks on every Conv2d see tensors, not the feature dict.)"""
 
     def __init__(self, *, in_channels: int, num_classes: int, feature: str) -> None:
-        super().__init__(in_channels, num_classes, 1)
+        super().__init__()
         self.feature = feature
+        self.conv = nn.Conv2d(in_channels, num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return super().forward(features[self.feature])
+        return self.conv(features[self.feature])
+
+
+class RefinedHead(nn.Sequential):
+    """A head (features -> scores) followed by modules that refine the scores: Yu & Koltun's context module
+    on the front-end's class scores."""
+
+    def __init__(self, head: nn.Module, *refiners: nn.Module) -> None:
+        super().__init__(head, *refiners)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self[0](features)
+        for refiner in self[1:]:
+            x = refiner(x)
+        return x
 
 
 class FCNHead(nn.Sequential):

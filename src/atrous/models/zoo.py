@@ -29,6 +29,7 @@ from atrous.models.heads import (
     DUCHead,
     FCNHead,
     FCNSkipHead,
+    RefinedHead,
     aspp_rates,
 )
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
@@ -290,18 +291,8 @@ def context(
     scores = ClassifierHead(
         in_channels=net.feature_info["fc7"].channels, num_classes=num_classes, feature="fc7"
     )
-    head = _Then(scores, ContextModule(classes=num_classes, kind=context))
+    head = RefinedHead(scores, ContextModule(classes=num_classes, kind=context))
     return Segmenter(backbone=net, head=head, output_stride=8)
-
-
-class _Then(nn.Sequential):
-    """A head followed by modules on its output (the context module on the front-end's scores)."""
-
-    def forward(self, features):
-        x = self[0](features)
-        for module in self[1:]:
-            x = module(x)
-        return x
 
 
 def _drn(arch_name: str, num_classes: int, width: float, pretrained_backbone) -> Segmenter:
