@@ -617,6 +617,10 @@ def _train(
 
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a killed run left behind (never read: the rename did not happen).
+        for name in (LAST, PREVIOUS, BEST, METRICS_CSV, CONFIG_YAML):
+            for stale in out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         atomic_write_text(out / CONFIG_YAML, dump_config(config))
     writer = _Writer(
         out, enabled=dist_info.main, tensorboard=config.log.tensorboard, purge_step=state["step"] or None
@@ -736,6 +740,7 @@ def _train(
                     break
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and state["batch"] < steps_per_epoch:
                     save_last()
+            steps.close()  # ends the epoch's DataLoader (and its workers) now, also after a break
             # End of the epoch (or of the run): validate, log, checkpoint.
             row = {
                 "epoch": epoch + 1,
@@ -760,15 +765,23 @@ def _train(
                     val_fw_iou=metrics["fw_iou"],
                 )
             state["history"].append(row)
-            state["epoch"], state["batch"], state["loss_sum"] = epoch + 1, 0, 0.0
+            if state["batch"] >= steps_per_epoch:
+                state["epoch"], state["batch"], state["loss_sum"] = epoch + 1, 0, 0.0
+            # else: --iters ended the run inside this epoch; a resumed, longer run continues it.
             writer.scalars(
-                state["step"], {f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")}
+                state["step"],
+                {f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step") and v is not None},
             )
             writer.metrics(state["history"])
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+            summary = ", ".join(
+                f"{k} {v:.4g}" if v is not None else f"{k} -"
+                for k, v in row.items()
+                if k not in ("epoch", "step")
+            )
             log(f"epoch {epoch + 1}/{epochs} step {state['step']}: {summary}")
-            if metrics and (state["best_miou"] is None or metrics["miou"] > state["best_miou"]):
-                state["best_miou"] = metrics["miou"]
+            miou = metrics.get("miou")  # None when the validation data has no labelled pixel
+            if miou is not None and (state["best_miou"] is None or miou > state["best_miou"]):
+                state["best_miou"] = miou
                 if dist_info.main:
                     writer.checkpoint(
                         BEST, payload(_plain_metrics(metrics, val_name, state), with_state=False)
