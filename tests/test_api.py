@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from atrous.api import ModelMeta, default_palette, label_image, overlay_image, predict, read_image
+from atrous.api import ModelMeta, label_image, meta_from_checkpoint, overlay_image, predict, read_image
 from atrous.errors import AtrousError
 from atrous.inference import MultiScaleFlip
 
@@ -139,15 +139,17 @@ def test_label_and_overlay_images(rgb):
     overlay = np.asarray(overlay_image(rgb, labels, PALETTE, alpha=0.25)).astype(int)
     expected = np.floor(0.75 * rgb + 0.25 * np.asarray(PALETTE)[labels] + 0.5)
     np.testing.assert_array_equal(overlay, expected)
-    big = label_image(np.array([[0, 300]]), default_palette(301))  # more classes than 8 bits hold
+    big = label_image(np.array([[0, 300]]), [(0, 0, 0)] * 301)  # more classes than 8 bits hold
     np.testing.assert_array_equal(np.asarray(big), [[0, 300]])
 
 
-def test_default_palette_is_pascal_voc():
-    # the first VOC colours (background, aeroplane, bicycle, bird, boat) and 'person' (15)
-    palette = default_palette(21)
-    assert palette[:5] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128)]
-    assert palette[15] == (192, 128, 128)
+def test_missing_palette_entries_get_pascal_voc_colours():
+    ck = {"model": {"name": "m", "num_classes": 21, "options": {}}, "classes": [], "palette": [[1, 2, 3]]}
+    meta = meta_from_checkpoint({**ck, "normalize": {"mean": MEAN, "std": STD}})
+    # the checkpoint's colour, then VOC's for the rest: aeroplane, bicycle, bird, boat, ..., person (15)
+    assert meta.palette[:5] == [(1, 2, 3), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128)]
+    assert meta.palette[15] == (192, 128, 128) and len(meta.palette) == 21
+    assert meta.classes == [f"class_{i}" for i in range(21)]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from atrous._io import atomic_path
+from atrous.data.datasets import standard_palette
 from atrous.errors import AtrousError
 from atrous.inference import Infer, whole_image
 
@@ -41,7 +42,7 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
     num_classes = int(model["num_classes"])
     classes = [str(c) for c in ck.get("classes") or [f"class_{i}" for i in range(num_classes)]]
     palette = [tuple(int(v) for v in rgb) for rgb in ck.get("palette") or []]
-    palette += default_palette(num_classes)[len(palette) :]  # one colour per class
+    palette += standard_palette(num_classes)[len(palette) :]  # one colour per class (VOC colour map)
     normalize = ck["normalize"]
     return ModelMeta(
         name=str(model["name"]),
@@ -52,21 +53,6 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
         mean=tuple(float(v) for v in normalize["mean"]),
         std=tuple(float(v) for v in normalize["std"]),
     )
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """The Pascal VOC colour map (bit-interleaved class index), used when a checkpoint has no palette."""
-    palette = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
