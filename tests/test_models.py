@@ -134,10 +134,8 @@ def test_dilated_net_is_exactly_its_rates():
     the offsets reachable with the rates (checkerboard for rates 2,2)."""
     model = build("dilated_net", 1, rates=[2, 2], channels=1, norm="none").eval()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+        for name, p in model.named_parameters():
+            p.fill_(1.0 if name.endswith("weight") else 0.0)
     x = torch.zeros(1, 3, 21, 21)
     x[0, :, 10, 10] = 1.0
     with torch.no_grad():

@@ -28,16 +28,18 @@ def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class ClassifierHead(nn.Module):
-    """A 1x1 convolution from the feature `feature` to `num_classes` logits. (A module holding the conv,
-    not an nn.Conv2d subclass, so that hooks on every Conv2d see tensors, not the feature dict.)"""
+    """A 1x1 convolution from the feature `feature` to `num_classes` logits; parameters `weight` (K, C, 1, 1)
+    and `bias` (K,) as an nn.Conv2d's. Not an nn.Conv2d subclass: its input is the feature dict, and hooks
+    on Conv2d modules (FLOP counters, BN folding) expect a tensor."""
 
     def __init__(self, *, in_channels: int, num_classes: int, feature: str) -> None:
         super().__init__()
         self.feature = feature
-        self.conv = nn.Conv2d(in_channels, num_classes, 1)
+        conv = nn.Conv2d(in_channels, num_classes, 1)  # for nn.Conv2d's default initialisation
+        self.weight, self.bias = conv.weight, conv.bias
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.conv(features[self.feature])
+        return F.conv2d(features[self.feature], self.weight, self.bias)
 
 
 class RefinedHead(nn.Sequential):
