@@ -12,6 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from atrous.errors import AtrousError
     from atrous.models import available, describe, options
+    from atrous.models.zoo import MODELS
 
     if args.name is None:
         names = available()
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.name not in available():
         raise AtrousError(f"unknown model {args.name!r}; valid names: {', '.join(available())}")
-    print(f"{args.name}: {describe(args.name)}")
+    print(f"{args.name}: {describe(args.name)} ({MODELS[args.name].paper})")
     for key, default in options(args.name).items():
         print(f"  {key}={default!r}")
     return 0

@@ -43,7 +43,10 @@ class Segmenter(nn.Module):
     stride; `upsample(logits, size)` -> logits at the input size. `aux_head` (optional) reads the same
     features for the auxiliary loss and is resized bilinearly.
 
-    `build_args` ({"name", "num_classes", "options"}) and `output_stride` are set by `atrous.models.build`.
+    `output_stride` is the stride the paper names: the stride of the head's logits before the final
+    upsampling (FCN-8s: 8, although its deepest feature is at 32), except DeepLab v3+, whose encoder output
+    stride (16) is reported while its decoder predicts at stride 4. `build_args` ({"name", "num_classes",
+    "options"}) is set by `atrous.models.build`.
     """
 
     def __init__(
