@@ -144,3 +144,28 @@ def test_load_matching_keeps_classifier_at_init():
     assert "0.weight" in loaded and "1.running_mean" in loaded
     assert torch.equal(target[0].weight, source[0].weight)
     assert torch.equal(target[2].weight, init_classifier)
+
+
+def test_build_model_from_checkpoint_round_trip_and_refusals(tiny_checkpoint, monkeypatch):
+    from atrous.checkpoint import build_model_from_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    model = build_model_from_checkpoint(ck, expect_name="dilated_net", expect_num_classes=4)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ck["state_dict"][key])
+    with pytest.raises(AtrousError, match="has 4 classes, not 5"):
+        build_model_from_checkpoint(ck, expect_num_classes=5)
+    with pytest.raises(AtrousError, match="holds a 'dilated_net' model, not 'deeplabv3'"):
+        build_model_from_checkpoint(ck, expect_name="deeplabv3")
+    # A state_dict that does not fit the model its header names: refused before load_state_dict runs.
+    calls = []
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, *a, **k: calls.append(1))
+    forged = {**ck, "model": {**ck["model"], "num_classes": 5}}
+    with pytest.raises(
+        AtrousError, match=r"head\.weight has shape \(4, 8, 1, 1\) but the model expects \(5, 8, 1, 1\)"
+    ):
+        build_model_from_checkpoint(forged)
+    forged = {**ck, "model": {**ck["model"], "options": {"channels": 8, "rates": [1, 2]}}}
+    with pytest.raises(AtrousError, match="does not fit this model: missing none, unexpected backbone"):
+        build_model_from_checkpoint(forged)
+    assert calls == []

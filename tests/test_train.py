@@ -199,3 +199,17 @@ def test_amp_bf16_on_cpu_is_close_to_fp32(tmp_path):
     # bfloat16 has 8 bits of mantissa: the same step's loss differs, but by well under 2 %.
     assert losses[True] != losses[False]
     assert math.isclose(losses[True], losses[False], rel_tol=0.02)
+
+
+def test_resume_uses_the_saved_config_and_refuses_another_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    # Only the folder and a longer schedule: model, data and the rest come from DIR/config.yaml.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert "resumed at step 2 (epoch 2, batch 0)" in capsys.readouterr().out
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["train_state"]["step"] == 4 and ck["model"]["options"] == {"channels": 4, "rates": [1, 2]}
+    before = (out / "last.pt").read_bytes()
+    assert main([*QUICK, "--opt", "rates=1,2,5", "--epochs", "3", "--resume", "--out", str(out)]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
