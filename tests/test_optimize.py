@@ -117,3 +117,24 @@ def test_compiled_copy_keeps_outputs():
     compiled = optimize(model, compile=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_prepare_training_keeps_parameters_gradients_and_loss():
+    from atrous.optimize import prepare_training
+
+    ref = _tiny("dilated_net")
+    model = prepare_training(_tiny("dilated_net"))
+    model.load_state_dict(ref.state_dict())
+    params_before = list(model.parameters())
+    x, y = torch.randn(2, 3, 17, 15), torch.randint(0, 3, (2, 17, 15))
+    losses = []
+    for m in (ref, model):
+        m.train()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss)
+    assert list(model.parameters()) == params_before  # same Parameter objects: optimizers stay valid
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(ref.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -103,3 +103,37 @@ def test_peak_memory_in_a_fresh_process():
     assert result["spec"]["input_shape"] == list(shape)
     with pytest.raises(ValueError, match="inference"):
         perf.peak_memory("torchvision:fcn_resnet50", mode="train", optimize={})
+
+
+def test_interleave_rotates_the_order():
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    result = perf.interleave(fns, warmup=0, repeats=3)
+    assert order == list("abcbcacab")
+    assert set(result) == set("abc") and all(r["repeats"] == 3 for r in result.values())
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize(("channels", "rate"), [(8, 8), (160, 8), (8, 2), (160, 3)])
+def test_auto_rule_keeps_layout_values_and_gradients(channels, rate, grad):
+    """Whatever `impl="auto"` picks (implementation, layout switch), the result, its layout and the
+    gradients equal the float64 F.conv2d reference."""
+    from atrous.ops import choose_impl, choose_layout
+
+    conv = AtrousConv2d(channels, 4, 3, dilation=rate)
+    x = torch.randn(1, channels, 19, 17, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        y = conv(x)
+        pick = (choose_impl(x, 3, rate), choose_layout(x, 3, rate))
+    assert y.is_contiguous()  # NCHW in, NCHW out, even when channels_last ran inside
+    x64, w64, b64 = (t.detach().double().requires_grad_(grad) for t in (x, conv.weight, conv.bias))
+    ref = F.conv2d(x64, w64, b64, padding=rate, dilation=rate)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    if grad:
+        g = torch.randn_like(ref)
+        got = torch.autograd.grad(y, (x, conv.weight), g.float())
+        want = torch.autograd.grad(ref, (x64, w64), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    expected_impl = "space_to_batch" if grad and channels <= 128 else "native"
+    assert pick == (expected_impl, torch.channels_last if rate >= 8 and expected_impl == "native" else None)

@@ -129,12 +129,45 @@ def atrous_conv2d(
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+# Crossovers of `impl="auto"` on the CPU (oneDNN), from benchmarks/conv.py and the README's "Performance"
+# section: channels_last inputs run the native kernel at every rate; NCHW inputs fall to a slow dilated
+# path at large rates, where converting to channels_last for the one convolution costs less; in training
+# (gradients on), narrow NCHW layers run forward+backward faster as space-to-batch's dense convolution.
+LAYOUT_SWITCH_RATE = 8  # NCHW, rate >= this: convert to channels_last for the convolution
+S2B_MAX_CHANNELS = 128  # NCHW with gradients, in_channels <= this: space_to_batch
+
+
+def _is_nchw(x: torch.Tensor) -> bool:
+    return x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+
+
 def choose_impl(x: torch.Tensor, kernel_size: int, dilation: int) -> str:
-    """The deterministic rule behind `impl="auto"`: the same (shape, rate, layout, device) always picks
-    the same implementation, in every process, so training reproduces across restarts and DDP ranks.
+    """The deterministic rule behind `impl="auto"`: the same (shape, rate, layout, device, grad mode)
+    always picks the same implementation, in every process, so training reproduces across restarts and
+    DDP ranks (a per-process autotune would not). Thresholds: LAYOUT_SWITCH_RATE, S2B_MAX_CHANNELS.
     """
-    del x, kernel_size, dilation  # every measured configuration so far prefers the native kernel
+    del kernel_size
+    if dilation == 1 or x.device.type != "cpu" or not _is_nchw(x):
+        return "native"  # cuDNN and oneDNN's channels_last kernels handle dilation at dense speed
+    if torch.is_grad_enabled() and x.shape[1] <= S2B_MAX_CHANNELS:
+        return "space_to_batch"
     return "native"
+
+
+def choose_layout(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.memory_format | None:
+    """The memory format `impl="auto"` runs the convolution in: None keeps the input's; channels_last
+    means an NCHW input (and the weight) is converted for the convolution and the output converted back,
+    where benchmarks/conv.py measured that the conversion costs less than the NCHW kernel's slow path.
+    Deterministic, like `choose_impl`.
+    """
+    if (
+        dilation >= LAYOUT_SWITCH_RATE
+        and x.device.type == "cpu"
+        and _is_nchw(x)
+        and choose_impl(x, kernel_size, dilation) == "native"
+    ):
+        return torch.channels_last
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,8 +214,23 @@ class AtrousConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rate = self.dilation[0]
-        impl = choose_impl(x, self.kernel_size[0], rate) if self.impl == "auto" else self.impl
-        return atrous_conv2d(x, self.weight, self.bias, rate, self.stride[0], self.groups, impl=impl)
+        if self.impl != "auto":
+            return atrous_conv2d(x, self.weight, self.bias, rate, self.stride[0], self.groups, impl=self.impl)
+        impl = choose_impl(x, self.kernel_size[0], rate)
+        layout = choose_layout(x, self.kernel_size[0], rate)
+        if layout is None or x.is_contiguous(memory_format=layout):
+            return atrous_conv2d(x, self.weight, self.bias, rate, self.stride[0], self.groups, impl=impl)
+        # (N, C, H, W) NCHW -> channels_last for the convolution, back to the caller's layout afterwards
+        y = atrous_conv2d(
+            x.contiguous(memory_format=layout),
+            self.weight.contiguous(memory_format=layout),
+            self.bias,
+            rate,
+            self.stride[0],
+            self.groups,
+            impl=impl,
+        )
+        return y.contiguous()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", impl={self.impl!r}"

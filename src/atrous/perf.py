@@ -83,9 +83,18 @@ def flop_breakdown(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
         before[id(module)] = counter.get_total_flops()
 
     def hook(module, args, output):
-        totals["executed_conv2d"] += counter.get_total_flops() - before.pop(id(module))
-        totals["conv_nominal"] += _conv_flops(module, args[0], output, real_only=False)
-        totals["conv_real_pixel"] += _conv_flops(module, args[0], output, real_only=True)
+        executed = counter.get_total_flops() - before.pop(id(module))
+        totals["executed_conv2d"] += executed
+        x = args[0] if args else None
+        if not (
+            isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and x.dim() == output.dim() == 4
+        ):
+            # a Conv2d subclass with another calling convention: keep what the counter saw
+            totals["conv_nominal"] += executed
+            totals["conv_real_pixel"] += executed
+            return
+        totals["conv_nominal"] += _conv_flops(module, x, output, real_only=False)
+        totals["conv_real_pixel"] += _conv_flops(module, x, output, real_only=True)
 
     handles = []
     for m in model.modules():
@@ -177,6 +186,27 @@ def latency(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 10) -> 
     return _stats([_timed(fn) for _ in range(repeats)])
 
 
+def interleave(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 10) -> dict:
+    """Time several callables round-robin in this process, the order rotating every repeat (A B C, B C A,
+    C A B, ...), so that load from other processes and thermal drift hit all of them alike.
+
+    Returns {name: stats} with stats as `latency` returns them.
+    """
+    _check_counts(warmup, repeats)
+    if not fns:
+        raise ValueError("interleave needs at least one callable")
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(fns[name]))
+    return {name: _stats(times[name]) for name in names}
+
+
 def compare(
     fn_a: Callable[[], object],
     fn_b: Callable[[], object],
@@ -189,20 +219,8 @@ def compare(
     Returns {"a": stats, "b": stats, "ratio": median_a / median_b, "speedup": median_b / median_a}
     (speedup > 1: A is faster), with stats as `latency` returns them.
     """
-    _check_counts(warmup, repeats)
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a: list[float] = []
-    times_b: list[float] = []
-    for i in range(repeats):
-        if i % 2 == 0:
-            times_a.append(_timed(fn_a))
-            times_b.append(_timed(fn_b))
-        else:
-            times_b.append(_timed(fn_b))
-            times_a.append(_timed(fn_a))
-    a, b = _stats(times_a), _stats(times_b)
+    both = interleave({"a": fn_a, "b": fn_b}, warmup=warmup, repeats=repeats)
+    a, b = both["a"], both["b"]
     return {"a": a, "b": b, "ratio": a["median_s"] / b["median_s"], "speedup": b["median_s"] / a["median_s"]}
 
 
@@ -275,7 +293,7 @@ def build_spec_model(name: str, num_classes: int, options: dict | None = None, *
     return models.build(name, num_classes, **options)
 
 
-class _TorchvisionOut(nn.Module):
+class TorchvisionLogits(nn.Module):
     """torchvision's segmentation models return {"out": ...}: unwrap to the logits tensor."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -291,7 +309,7 @@ def _measure_memory(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     model = build_spec_model(spec["name"], spec["num_classes"], spec.get("options"))
     if spec["name"].startswith("torchvision:"):
-        model = _TorchvisionOut(model)
+        model = TorchvisionLogits(model)
     mode = spec.get("mode", "inference")
     if mode not in ("inference", "train"):
         raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
