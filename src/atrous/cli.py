@@ -21,6 +21,11 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate a checkpoint on a data set: mIoU, pixel accuracy, per-class IoU, object recall by size",
     "predict": "segment images and folders with a checkpoint: class-index PNGs and colour overlays",
     "export": "export a checkpoint's model to ONNX and check onnxruntime against PyTorch",
+    "rf": "receptive field per layer, output stride, small-object limit and degenerate-rate warnings",
+    "grid": "gridding: coverage map (paths per input pixel) of a rate list or a model; holes and spread",
+    "hdc": "hybrid dilated convolution rules: check a rate list, or plan valid ones",
+    "erf": "effective receptive field (gradient heat-map) of a model at init or from a checkpoint",
+    "objects": "per-class object sizes of a data set next to a model's small-object limit and ERF",
 }
 
 

@@ -110,6 +110,18 @@ class _Linearise(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _IDENTITY or getattr(func, "__name__", "") in ("relu_", "sigmoid_", "tanh_"):
             return args[0]
+        if func in (torch.conv2d, F.conv_transpose2d, F.linear):
+            # every tap weighs 1 / (input channels per group), whatever the module holding the weight
+            args = list(args)
+            weight = args[1] if len(args) > 1 else kwargs.pop("weight")
+            groups = kwargs.get("groups", args[6] if func is F.conv_transpose2d and len(args) > 6 else None)
+            if groups is None and func is torch.conv2d:
+                groups = args[6] if len(args) > 6 else 1
+            fan = weight.shape[0] // (groups or 1) if func is F.conv_transpose2d else weight.shape[1]
+            ones = torch.full_like(weight, 1.0 / fan)
+            args = [args[0], ones, None, *args[3:]]
+            kwargs.pop("bias", None)
+            return func(*args, **kwargs)
         if func is F.max_pool2d:
             k = args[1] if len(args) > 1 else kwargs["kernel_size"]
             stride = args[2] if len(args) > 2 else kwargs.get("stride")
@@ -140,8 +152,9 @@ def coverage_model(
     """Coverage map of any model: the path-weighted count from each input pixel to output pixel `point`
     (default: the centre), in float64.
 
-    It is the input gradient of that output in a linearised copy: every convolution tap weighs 1 divided by
-    its input channels per group (so channel sums do not multiply the counts, and a count is a number of
+    It is the input gradient of that output in a linearised copy: every convolution tap (any `F.conv2d`,
+    `F.conv_transpose2d` or `F.linear` call, whichever module holds the weight) weighs 1 divided by its
+    input channels per group (so channel sums do not multiply the counts, and a count is a number of
     spatial paths), biases 0, normalisations and activations are the identity (with positive weights the
     network is linear anyway), max pooling sums its window, bilinear interpolation keeps its weights (so
     counts become fractional) and global pooling is dropped unless `global_paths` (it would cover every
@@ -150,15 +163,6 @@ def coverage_model(
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
     m = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv1d, nn.Linear)):
-                fan = mod.weight.shape[1] if not isinstance(mod, nn.ConvTranspose2d) else mod.weight.shape[0]
-                if isinstance(mod, nn.ConvTranspose2d):
-                    fan = fan // mod.groups
-                mod.weight.fill_(1.0 / fan)
-                if mod.bias is not None:
-                    mod.bias.zero_()
     in_channels = next((mod.in_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)), 3)
     x = torch.ones(1, in_channels, h, w, dtype=torch.float64, requires_grad=True)
     with _Linearise(global_paths):

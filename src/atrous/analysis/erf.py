@@ -54,8 +54,9 @@ def erf(
     `images` (optional): an iterable of (C, H, W) or (N, C, H, W) float tensors (e.g. normalised images
     from a data loader) used instead of `samples` Gaussian inputs; they are resized to `input_size`. Returns
     `heatmap` (an (H, W) float64 numpy array, max 1), `radius50` / `radius95` (pixels), `rf` (the
-    theoretical local receptive field [h, w]), `ratio` ((2 * radius95 + 1) / the theoretical RF side,
-    clipped to the input), `samples` (inputs averaged) and `input_size`.
+    theoretical local receptive field [h, w]), `ratio` (radius95 over the radius that holds 95 % of a
+    flat weighting of the theoretical RF box clipped to the input: about 1 when the ERF fills the RF, well
+    below 1 for the Gaussian-like ERF of a deep net), `samples` (inputs averaged) and `input_size`.
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -99,7 +100,11 @@ def erf(
     oh, ow = y.shape[-2:]
     centre = ((oh // 2 + 0.5) * h / oh - 0.5, (ow // 2 + 0.5) * w / ow - 0.5)
     r95 = _radius(heat, centre, 0.95)
-    side = min(max(theory["rf_local"]), max(h, w)) or max(h, w)
+    # the same statistic for a flat weighting of the theoretical RF box (clipped to the input)
+    flat = np.zeros_like(heat)
+    rh, rw = theory["rf_local"] if theory["rf_local"][0] else (h, w)
+    top, left = max(0, math.ceil(centre[0] - rh / 2)), max(0, math.ceil(centre[1] - rw / 2))
+    flat[top : math.floor(centre[0] + rh / 2) + 1, left : math.floor(centre[1] + rw / 2) + 1] = 1.0
     return {
         "input_size": [h, w],
         "samples": count,
@@ -107,7 +112,7 @@ def erf(
         "radius95": r95,
         "rf": theory["rf_local"],
         "global": theory["global"],
-        "ratio": (2 * r95 + 1) / side,
+        "ratio": r95 / max(_radius(flat, centre, 0.95), 0.5),
         "centre": [float(c) for c in centre],
         "heatmap": heat,
     }

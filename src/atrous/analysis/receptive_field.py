@@ -386,7 +386,9 @@ class _Tracer(TorchFunctionMode):
             for i, ax in enumerate(m.axes):
                 self.max_jump[i] = max(self.max_jump[i], ax.jump)
 
-    def row(self, name: str, kind: str, out: Meta | None, *, kernel=None, stride=None, dilation=None) -> None:
+    def row(
+        self, name: str, kind: str, out: Meta | None, *, kernel=None, stride=None, dilation=None, in_size=None
+    ) -> None:
         if out is None:
             return
         axes = out.axes
@@ -394,6 +396,7 @@ class _Tracer(TorchFunctionMode):
             {
                 "name": name,
                 "type": kind,
+                "in_size": [int(v) for v in in_size] if in_size is not None else None,
                 "kernel": list(kernel) if kernel is not None else None,
                 "stride": [float(s) if isinstance(s, Fraction) else s for s in stride] if stride else None,
                 "dilation": list(dilation) if dilation is not None else None,
@@ -439,7 +442,9 @@ class _Tracer(TorchFunctionMode):
             if m is not None:
                 self.set(out, m)
                 if row is not None:
-                    self.row(self.op_name(row.pop("type")), row.pop("kind"), m, **row)
+                    self.row(
+                        self.op_name(row.pop("type")), row.pop("kind"), m, in_size=first.shape[-2:], **row
+                    )
                 return out
         if func is torch.cat and _arg(args, kwargs, 1, "dim", 0) in (2, 3, -1, -2):
             self.notes.add("a concatenation along a spatial axis was treated as a union (approximate)")
@@ -806,7 +811,7 @@ def _install_hooks(model: nn.Module, tracer: _Tracer) -> list:
             m = tracer.meta[x]
             meta = fn(m, x, out)
             tracer.set(out, meta)
-            tracer.row(name, kind, meta, **fields)
+            tracer.row(name, kind, meta, in_size=x.shape[-2:], **fields)
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
@@ -837,6 +842,8 @@ def receptive_field(model: nn.Module, input_size=(512, 512), *, in_channels: int
     rf = [max(local[0], h), max(local[1], w)] if m.is_global else local
     stride = max(tracer.max_jump)
     detail = [math.ceil(d) if d < 10**9 else None for d in m.detail]
+    if m.axes is None:  # a classifier-style output: report the largest local field on the way
+        local = [max((row["rf"][i] for row in tracer.rows if row["rf"]), default=0) for i in range(2)]
     return {
         "input_size": [h, w],
         "rf": rf,
@@ -847,7 +854,29 @@ def receptive_field(model: nn.Module, input_size=(512, 512), *, in_channels: int
         "small_object_limit": max(d for d in detail if d is not None) if any(detail) else None,
         "layers": tracer.rows,
         "notes": sorted(tracer.notes),
+        "warnings": degenerate_rates(tracer.rows),
     }
+
+
+def degenerate_rates(rows: list[dict], threshold: float = 0.5) -> list[str]:
+    """Warnings for dilated layers whose kernel degenerates toward 1x1 on their feature map: on average
+    fewer than `threshold` of the taps read real features (DeepLab v3, Fig. 4)."""
+    from atrous.analysis.valid_weights import valid_weights
+
+    out = []
+    for row in rows:
+        d, k, size = row.get("dilation"), row.get("kernel"), row.get("in_size")
+        if not d or not k or not size or max(d) <= 1 or k[0] != k[1] or d[0] != d[1] or k[0] % 2 == 0:
+            continue
+        v = valid_weights(tuple(size), d[0], k[0])
+        if v["mean_fraction"] < threshold:
+            out.append(
+                f"{row['name']}: rate {d[0]} on a {size[0]}x{size[1]} map: on average "
+                f"{v['mean_fraction'] * k[0] * k[0]:.1f} of {k[0] * k[0]} taps read real features "
+                f"({v['only_centre']:.0%} of positions only the centre): the kernel degenerates toward 1x1 "
+                "(use a larger input or a smaller rate)"
+            )
+    return out
 
 
 def small_object_limit(model: nn.Module, input_size=(512, 512)) -> int:

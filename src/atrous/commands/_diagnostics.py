@@ -1,0 +1,119 @@
+"""Shared pieces of the diagnostics commands (`atrous rf / grid / hdc / erf / objects`): model arguments,
+tables, JSON and the coverage figure. Standard library only at top level (matplotlib, torch and the
+library are imported inside the functions), as the command modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from atrous.errors import AtrousError
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    parser.add_argument(
+        "model", nargs=None if model_required else "?", help="a registered model name (see `atrous models`)"
+    )
+    parser.add_argument(
+        "--opt", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. output_stride=8"
+    )
+    parser.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help="input size (default 512 512)",
+    )
+
+
+def build_model(name: str, options: list[str], num_classes: int):
+    """`atrous.models.build` with `--opt` options; user errors become one-line AtrousErrors."""
+    from atrous import models
+    from atrous.config import parse_kv_list
+
+    opts = parse_kv_list(options)
+    if name not in models.available():
+        raise AtrousError(f"unknown model {name!r}; valid names: {', '.join(models.available())}")
+    try:
+        return models.build(name, num_classes, **opts)
+    except (TypeError, ValueError) as e:
+        raise AtrousError(f"model {name} with --opt {' '.join(options) or '(none)'}: {e}") from None
+
+
+def check_size(size) -> tuple[int, int]:
+    h, w = size
+    if h < 1 or w < 1:
+        raise AtrousError(f"--size {h} {w}: both sides must be positive, e.g. --size 512 512")
+    return h, w
+
+
+def write_json(path, payload) -> None:
+    from atrous._io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def pair(v) -> str:
+    if v is None:
+        return "-"
+    a, b = v
+    fmt = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
+    return fmt(a) if a == b else f"{fmt(a)}x{fmt(b)}"
+
+
+def parse_rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise AtrousError(f"rates {text!r}: write integers separated by commas, e.g. 1,2,5") from None
+    if not rates or min(rates) < 1:
+        raise AtrousError(f"rates {text!r}: give one or more integers >= 1, e.g. 1,2,5")
+    return rates
+
+
+def plot_coverage(maps: list[tuple[str, list[list]]], path) -> None:
+    """Coverage maps side by side (log colour scale; holes in white) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from atrous._io import atomic_path
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4.0), squeeze=False)
+    for ax, (title, grid) in zip(axes[0], maps):
+        arr = np.array([[float(v) for v in row] for row in grid])
+        shown = np.where(arr > 0, np.log10(np.where(arr > 0, arr, 1.0)), np.nan)
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+        im = ax.imshow(shown, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, label="log10 paths")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def fmt_float(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and (math.isinf(v) or abs(v) >= 1e5):
+        return f"{v:.3g}"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
