@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="model input size (default 129)",
     )
+    parser.add_argument(
+        "--valid-weights",
+        type=int,
+        metavar="SIZE",
+        help="instead: valid taps of a KxK kernel on a SIZExSIZE map against the rate (DeepLab v3 Fig. 4)",
+    )
+    parser.add_argument("--max-rate", type=int, default=72, help="largest rate for --valid-weights (default 72)")
     parser.add_argument("--show", action="store_true", help="print the map as text (small receptive fields)")
     parser.add_argument("--png", metavar="FILE", help="write the coverage map(s) as a PNG")
     parser.add_argument("--json", metavar="FILE", help="write the result(s) as JSON")
@@ -44,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from atrous.errors import AtrousError
 
+    if args.valid_weights is not None:
+        return _valid_weights(args)
     if bool(args.rates) == bool(args.model):
         raise AtrousError("give --rates R1,R2,... (one or more times) or --model NAME, not both")
     results, titles = [], []
@@ -83,4 +92,31 @@ def run(args: argparse.Namespace) -> int:
         plot_coverage(titles, args.png)
     if args.json:
         write_json(args.json, results[0] if len(results) == 1 else results)
+    return 0
+
+
+def _valid_weights(args: argparse.Namespace) -> int:
+    from atrous.analysis import valid_weight_curve
+    from atrous.analysis.valid_weights import plot_valid_weights
+    from atrous.commands._diagnostics import table, write_json
+    from atrous.errors import AtrousError
+
+    if args.valid_weights < 1 or args.max_rate < 1:
+        raise AtrousError("--valid-weights SIZE and --max-rate need positive integers, e.g. --valid-weights 65")
+    try:
+        curve = valid_weight_curve(args.valid_weights, range(1, args.max_rate + 1), args.kernel)
+    except ValueError as e:
+        raise AtrousError(f"--valid-weights {args.valid_weights} --kernel {args.kernel}: {e}") from None
+    k2 = args.kernel * args.kernel
+    step = max(1, len(curve) // 12)
+    rows = [
+        [c["rate"], f"{c['all_valid']:.3f}", f"{c['only_centre']:.3f}", f"{c['mean_fraction']:.3f}"]
+        for c in curve[::step]
+    ]
+    print(table(rows, ["rate", f"all {k2} valid", "only centre", "mean fraction"]))
+    if args.png:
+        plot_valid_weights(curve, args.png)
+        print(f"wrote {args.png}")
+    if args.json:
+        write_json(args.json, curve)
     return 0
