@@ -95,3 +95,12 @@ def test_objects_command_on_synthetic_shapes(tmp_path, capsys):
     # every foreground class of the synthetic shapes has objects narrower than 32 px: all at risk
     assert all(rows[c]["at_risk"] for c in rows if c != 0)
     assert "AT RISK" in capsys.readouterr().out
+
+
+def test_grid_valid_weights_plot(tmp_path, capsys):
+    png, js = tmp_path / "vw.png", tmp_path / "vw.json"
+    assert main(["grid", "--valid-weights", "65", "--png", str(png), "--json", str(js)]) == 0
+    curve = json.loads(js.read_text())
+    assert curve[0]["rate"] == 1 and curve[0]["all_valid"] == 63**2 / 65**2
+    assert curve[64]["only_centre"] == 1.0  # rate 65
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="instead: valid taps of a KxK kernel on a SIZExSIZE map against the rate (DeepLab v3 Fig. 4)",
     )
-    parser.add_argument("--max-rate", type=int, default=72, help="largest rate for --valid-weights (default 72)")
+    parser.add_argument(
+        "--max-rate", type=int, default=72, help="largest rate for --valid-weights (default 72)"
+    )
     parser.add_argument("--show", action="store_true", help="print the map as text (small receptive fields)")
     parser.add_argument("--png", metavar="FILE", help="write the coverage map(s) as a PNG")
     parser.add_argument("--json", metavar="FILE", help="write the result(s) as JSON")
@@ -102,7 +104,9 @@ def _valid_weights(args: argparse.Namespace) -> int:
     from atrous.errors import AtrousError
 
     if args.valid_weights < 1 or args.max_rate < 1:
-        raise AtrousError("--valid-weights SIZE and --max-rate need positive integers, e.g. --valid-weights 65")
+        raise AtrousError(
+            "--valid-weights SIZE and --max-rate need positive integers, e.g. --valid-weights 65"
+        )
     try:
         curve = valid_weight_curve(args.valid_weights, range(1, args.max_rate + 1), args.kernel)
     except ValueError as e:
