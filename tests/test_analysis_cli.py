@@ -104,3 +104,13 @@ def test_grid_valid_weights_plot(tmp_path, capsys):
     assert curve[0]["rate"] == 1 and curve[0]["all_valid"] == 63**2 / 65**2
     assert curve[64]["only_centre"] == 1.0  # rate 65
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_erf_command_from_a_checkpoint_over_its_data(tiny_checkpoint, tmp_path, capsys):
+    js = tmp_path / "erf.json"
+    argv = ["erf", "--checkpoint", str(tiny_checkpoint), "--size", "33", "33", "--samples", "2"]
+    assert main([*argv, "--data", "synthetic:shapes?n=4&size=40", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["samples"] == 2 and data["model"].startswith("dilated_net from ")
+    assert data["rf"] == [33, 33]  # rates 1,2,5,1,2,5 (the checkpoint's model, not a default one)
+    assert "images of synthetic:shapes" in capsys.readouterr().out
