@@ -16,9 +16,10 @@ import torch
 from atrous.checkpoint import load_checkpoint
 from atrous.cli import main
 
-# 24 items in batches of 4: 6 steps per epoch (3 epochs in the kill test), a checkpoint after every step (most moments of the
-# run are then near a checkpoint write). Default augmentation (scale, crop, flip, colour jitter) and
-# BatchNorm, so that augmentation RNG, data order and running statistics all have to be restored.
+# 24 items in batches of 4: 6 steps per epoch (3 epochs in the kill test), a checkpoint after every step
+# (most moments of the run are then near a checkpoint write). Default augmentation (scale, crop, flip,
+# colour jitter) and BatchNorm, so that augmentation RNG, data order and running statistics all have to be
+# restored.
 ARGS = [
     "train", "--model", "dilated_net", "--opt", "channels=8", "--opt", "rates=1,2,3",
     "--data", "synthetic:shapes?n=24&size=32", "--val-data", "synthetic:shapes?n=4&size=32",
@@ -28,17 +29,9 @@ ARGS = [
 TOTAL_STEPS = 18
 
 
-def _start(out: Path, *extra: str, resume: bool = False) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "atrous",
-        *ARGS,
-        "--out",
-        str(out),
-        *extra,
-        *(["--resume"] if resume else []),
-    ]
+def _start(out: Path, *, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "atrous", *ARGS, "--epochs", "3", "--out", str(out)]
+    cmd += ["--resume"] if resume else []
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

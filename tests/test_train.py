@@ -4,6 +4,7 @@ precedence, fine-tuning, fallback to an intact checkpoint, the NaN stop, and one
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -213,3 +214,44 @@ def test_resume_uses_the_saved_config_and_refuses_another_model(tmp_path, capsys
     assert main([*QUICK, "--opt", "rates=1,2,5", "--epochs", "3", "--resume", "--out", str(out)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == before
+
+
+def _folder_tree(root, splits, labels=3):
+    from PIL import Image
+
+    for split in splits:
+        for i in range(4):
+            rng = np.random.default_rng(i)
+            mask = rng.integers(0, labels, (12, 14)).astype(np.uint8)
+            image = (mask[..., None] * 80 + rng.integers(0, 30, (12, 14, 3))).astype(np.uint8)
+            for sub, array in (("images", image), ("masks", mask)):
+                (root / split / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / split / sub / f"{i}.png")
+
+
+def test_folder_splits_default_to_train_and_val(tmp_path, capsys):
+    root = tmp_path / "data"
+    _folder_tree(root, ["train", "val"])
+    args = [*QUICK[:5], "--data", f"folder:{root}", "--crop", "12", "--batch-size", "2", "--iters", "2"]
+    assert (
+        main([*args, "--threads", "1", "--set", "log.tensorboard=false", "--out", str(tmp_path / "a")]) == 0
+    )
+    text = capsys.readouterr().out
+    assert (
+        f"on folder:{root}, 4 samples" in text
+        and f"validation on folder:{root} split 'val', 4 samples" in text
+    )
+    ck = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert ck["model"]["num_classes"] == 3 and len(ck["classes"]) == 3
+
+    # No split folders: no validation (and no best.pt); a larger num_classes than the data's pads the names.
+    flat = tmp_path / "flat"
+    _folder_tree(flat, [""])
+    args = [*QUICK[:5], "--data", f"folder:{flat}", "--crop", "12", "--batch-size", "2", "--iters", "1"]
+    out = tmp_path / "b"
+    assert main([*args, "--threads", "1", "--set", "model.num_classes=5", "--out", str(out)]) == 0
+    assert "no validation data" in capsys.readouterr().out
+    assert not (out / "best.pt").exists()
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["model"]["num_classes"] == 5 and ck["classes"][3:] == ["class_3", "class_4"]
+    assert len(ck["palette"]) == 5

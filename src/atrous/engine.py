@@ -382,7 +382,10 @@ def _datasets(config: Config) -> tuple[Any, Any | None, str | None]:
         spec, split = d.train, d.val_split
     else:
         return train_ds, None, None
-    val_ds = build_dataset(spec, split, transform=val_transform, skip_bad=d.skip_bad)
+    # The validation data must have the training data's classes (a folder's count comes from its masks).
+    val_ds = build_dataset(
+        spec, split, transform=val_transform, skip_bad=d.skip_bad, num_classes=train_ds.num_classes
+    )
     return train_ds, val_ds, f"{spec}" + (f" split {split!r}" if split else "")
 
 
@@ -696,6 +699,8 @@ def _train(
         f"{config.model.name} ({num_classes} classes) on {d.train}, {len(train_ds)} samples, "
         f"{steps_per_epoch} steps/epoch, {total_steps} steps, {dist_info.world} process(es) on {device}; out {out}"
     )
+    if val_name is not None:
+        log(f"validation on {val_name}, {len(val_ds)} samples")
     started = time.perf_counter()
     metrics: dict = {}
     # Steps of the checkpoints in the run folder, for the non-finite-loss message.
