@@ -160,12 +160,14 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, capsys):
     data = (out / "last.pt").read_bytes()
     (out / "last.pt").write_bytes(data[: len(data) // 3])  # a copy cut short
     capsys.readouterr()
-    assert main([*QUICK, "--epochs", "3", "--resume", "--out", str(out)]) == 0
+    assert main([*QUICK, "--epochs", "2", "--resume", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "last.pt is truncated or corrupt" in text
     assert f"resuming from the older intact checkpoint {out / 'previous.pt'} (step 2)" in text
     assert "resumed at step 2 (epoch 2, batch 0)" in text
-    assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 6
+    assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 4
+    # The damaged file was replaced, never rotated into previous.pt: the fallback is still intact.
+    assert load_checkpoint(out / "previous.pt")["train_state"]["step"] == 2
 
 
 def test_resume_of_an_empty_folder_starts_afresh(tmp_path, capsys):

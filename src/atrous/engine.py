@@ -214,9 +214,10 @@ class NonFiniteLoss(AtrousError):
 
 @dataclass
 class Dist:
+    """This process's place in a data-parallel run (rank 0 of 1 without torchrun)."""
+
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -239,7 +240,7 @@ def _init_distributed(device_name: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), device
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size()), device
 
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
@@ -306,7 +307,8 @@ def train_one_epoch(
         denominator = _all_reduce_sum(_labelled_weight(masks, class_weights, ignore_index), dist_info)
         # DDP averages gradients over processes; scaling by world size makes that average the gradient of
         # (sum over the global batch) / (global denominator): the single-process loss.
-        denominator = denominator.clamp_min(1.0) / dist_info.world
+        # (A batch without any labelled pixel has a zero loss sum: divide it by 1 instead of 0.)
+        denominator = torch.where(denominator > 0, denominator, 1.0) / dist_info.world
         with autocast():
             logits, aux_logits = model(images, aux=True)
         loss = segmentation_loss(
@@ -435,7 +437,7 @@ def _finite_weights(model: nn.Module) -> bool:
 def find_resume_checkpoint(out: Path, log: Callable[[str], None]) -> dict | None:
     """The newest intact checkpoint of the run in `out` (last.pt, else previous.pt), or None if there is none.
 
-    A damaged last.pt is reported in one line and skipped."""
+    A damaged last.pt is reported in one line and skipped. The checkpoint's `resumed_from` entry names the file."""
     for name in (LAST, PREVIOUS):
         path = out / name
         if not path.exists():
@@ -450,6 +452,7 @@ def find_resume_checkpoint(out: Path, log: Callable[[str], None]) -> dict | None
             continue
         if name != LAST:
             log(f"resuming from the older intact checkpoint {path} (step {ck['train_state']['step']})")
+        ck["resumed_from"] = name
         return ck
     return None
 
@@ -457,9 +460,14 @@ def find_resume_checkpoint(out: Path, log: Callable[[str], None]) -> dict | None
 class _Writer:
     """What the main process writes into the run folder: checkpoints, metrics.csv, TensorBoard."""
 
-    def __init__(self, out: Path, *, enabled: bool, tensorboard: bool, purge_step: int | None) -> None:
+    def __init__(
+        self, out: Path, *, enabled: bool, tensorboard: bool, purge_step: int | None, last_is_ours: bool
+    ) -> None:
         self.out = out
         self.enabled = enabled
+        # Whether last.pt is an intact checkpoint of this run (else it must not replace previous.pt: it may be
+        # the damaged file a resume fell back from, or a leftover of another run).
+        self.last_is_ours = last_is_ours
         self.tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -471,10 +479,12 @@ class _Writer:
         if not self.enabled:
             return
         path = self.out / name
-        if name == LAST and path.exists():
+        if name == LAST and self.last_is_ours and path.exists():
             # Keep the previous checkpoint until the new one is complete (and after, as a fallback).
             os.replace(path, self.out / PREVIOUS)
         save_checkpoint(path, payload)
+        if name == LAST:
+            self.last_is_ours = True
 
     def metrics(self, history: list[dict]) -> None:
         if not self.enabled:
@@ -626,7 +636,11 @@ def _train(
                 stale.unlink(missing_ok=True)
         atomic_write_text(out / CONFIG_YAML, dump_config(config))
     writer = _Writer(
-        out, enabled=dist_info.main, tensorboard=config.log.tensorboard, purge_step=state["step"] or None
+        out,
+        enabled=dist_info.main,
+        tensorboard=config.log.tensorboard,
+        purge_step=state["step"] or None,
+        last_is_ours=ck is not None and ck["resumed_from"] == LAST,
     )
     samples = SeededSamples(
         train_ds,
