@@ -30,3 +30,21 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     assert main([*TINY_TRAIN_ARGS, "--out", str(out)]) == 0
     return out / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """Folder written by one in-process `atrous demo --quick` (index.html, results.json, PNGs); what it
+    printed is in `stdout.txt` beside the folder. Treat it as read-only."""
+    import contextlib
+    import io
+
+    from atrous.cli import main
+
+    root = tmp_path_factory.mktemp("quick_demo")
+    out = root / "report"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--seed", "0", "--out", str(out)]) == 0
+    (root / "stdout.txt").write_text(printed.getvalue())
+    return out

@@ -16,6 +16,7 @@ from atrous.errors import AtrousError
 
 # name -> one-line help; the module is atrous.commands.<name with - replaced by _>
 COMMANDS: dict[str, str] = {
+    "demo": "train and evaluate small dilated and pooling models on built-in data; write a report of the claims",
     "models": "list the models with a one-line description (or one model's options)",
     "train": "train a model (YAML config + flags; --resume, --init-from; data-parallel under torchrun)",
     "eval": "evaluate a checkpoint on a data set: mIoU, pixel accuracy, per-class IoU, object recall by size",
