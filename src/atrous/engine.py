@@ -566,6 +566,13 @@ def _train(
             f"the training data has {len(train_ds)} samples, fewer than one batch of {d.batch_size}: "
             "lower --batch-size or add data"
         )
+    weights = None
+    if config.loss.class_weights is not None:
+        if len(config.loss.class_weights) != num_classes:
+            raise AtrousError(
+                f"loss.class_weights has {len(config.loss.class_weights)} values but there are {num_classes} classes"
+            )
+        weights = torch.tensor(config.loss.class_weights, dtype=torch.float32, device=device)
     epochs = t.epochs if t.epochs is not None else (math.ceil(t.iters / steps_per_epoch) if t.iters else 10)
     total_steps = t.iters if t.iters is not None else epochs * steps_per_epoch
 
@@ -579,11 +586,11 @@ def _train(
     model = _build_model(config, num_classes)
 
     if ck is not None:
-        check_state_dict(model, ck["state_dict"], source=f"resume checkpoint in {out}")
         if ck["model"]["name"] != config.model.name:
             raise AtrousError(
                 f"{out} holds a {ck['model']['name']} run, not {config.model.name}: use another --out"
             )
+        check_state_dict(model, ck["state_dict"], source=f"resume checkpoint in {out}")
         model.load_state_dict(ck["state_dict"])
     elif init is not None:
         _init_from(model, init, t.init_from, log)
@@ -619,14 +626,6 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    weights = None
-    if config.loss.class_weights is not None:
-        if len(config.loss.class_weights) != num_classes:
-            raise AtrousError(
-                f"loss.class_weights has {len(config.loss.class_weights)} values but there are {num_classes} classes"
-            )
-        weights = torch.tensor(config.loss.class_weights, dtype=torch.float32, device=device)
 
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
