@@ -257,3 +257,23 @@ def test_folder_splits_default_to_train_and_val(tmp_path, capsys):
     ck = load_checkpoint(out / "last.pt")
     assert ck["model"]["num_classes"] == 5 and ck["classes"][3:] == ["class_3", "class_4"]
     assert len(ck["palette"]) == 5
+
+
+def test_aux_loss_of_a_model_with_an_aux_head(tmp_path):
+    # deeplabv3 with torchvision's aux head (an FCN head on layer3): the first step's loss is
+    # main + aux_weight * aux, so it is linear in aux_weight with a positive slope (the aux cross-entropy).
+    args = [
+        "train", "--model", "deeplabv3", "--opt", "backbone=resnet18", "--opt", "width=0.125", "--opt", "aux=true",
+        "--data", "synthetic:shapes?n=2&size=33", "--val-data", "synthetic:shapes?n=1&size=33", "--iters", "1",
+        "--batch-size", "2", "--crop", "33", "--threads", "1", "--set", "log.progress=false",
+        "--set", "log.tensorboard=false",
+    ]  # fmt: skip
+    loss = {}
+    for weight in (0.0, 0.5, 1.0):
+        out = tmp_path / str(weight)
+        assert main([*args, "--set", f"loss.aux_weight={weight}", "--out", str(out)]) == 0
+        with open(out / "metrics.csv") as f:
+            loss[weight] = float(next(csv.DictReader(f))["train_loss"])
+    slope = loss[1.0] - loss[0.0]
+    assert slope > 0.1  # a cross-entropy over 4 classes at initialisation is about log(4) = 1.4
+    assert loss[0.5] - loss[0.0] == pytest.approx(slope / 2, rel=1e-4)
