@@ -209,6 +209,9 @@ def test_every_registered_model_traces_to_its_real_shape_and_stride():
         coarsest = 32 if name in ("fcn16s", "fcn8s") else model.output_stride
         assert r["output_stride"] == coarsest, name
         assert r["global"] == (name.startswith("deeplab")), name
+        # every op has a rule (FCN / DUC crops x[..., :h, :w] included); only v3+ at an odd size adds maps
+        # whose strides differ slightly (a 3x3 map resized to 10x12 beside the stride-4 one)
+        assert not r["notes"] or name == "deeplabv3plus", (name, r["notes"])
 
 
 def test_small_object_limit_follows_skips_and_learned_upsampling():

@@ -607,6 +607,9 @@ def _h_getitem(m, args, kwargs, x, out):
     index = args[1]
     if not isinstance(index, tuple):
         index = (index,)
+    if sum(i is Ellipsis for i in index) == 1:  # x[..., :h, :w]: spell the ellipsis out as full slices
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (x.dim() - len(index) + 1) + index[at + 1 :]
     if any(i is Ellipsis or i is None for i in index) or not _is_spatial(out):
         return None, None  # let the generic rule decide
     if any(not isinstance(i, slice) for i in index[:2]):
