@@ -240,3 +240,18 @@ def test_untracked_ops_are_reported_or_treated_as_global():
             return F.unfold(x, 3).view(1, -1, x.shape[2] - 2, x.shape[3] - 2)
 
     assert receptive_field(Unfold(), (10, 10), in_channels=1)["global"]
+
+
+def test_models_that_need_real_values_are_traced_by_a_real_run():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = AtrousConv2d(1, 1, 3, dilation=4)
+
+        def forward(self, x):
+            scale = float(x.abs().amax().item()) + 1.0  # .item() has no meaning on meta tensors
+            return self.conv(x) * scale
+
+    tracer = trace(DataDependent(), (20, 20))
+    assert not tracer.to_meta
+    assert receptive_field(DataDependent(), (20, 20))["rf"] == [9, 9]
