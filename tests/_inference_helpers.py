@@ -33,20 +33,27 @@ def calibrate_batchnorm(model: nn.Module, size: int = 48) -> None:
     model.eval()
 
 
-def write_checkpoint(path: Path, name: str = "deeplabv3", seed: int = 0, **options) -> Path:
-    """A checkpoint of an untrained 3-class model (tiny by default)."""
+def write_checkpoint(
+    path: Path,
+    name: str = "deeplabv3",
+    seed: int = 0,
+    classes: list[str] = CLASSES,
+    palette: list[list[int]] = PALETTE,
+    **options,
+) -> Path:
+    """A checkpoint of an untrained model (tiny by default), 3 classes unless `classes` says otherwise."""
     if name != "dilated_net":
         options = {"backbone": "resnet18", "width": 0.125, **options}
     torch.manual_seed(seed)
-    model = models.build(name, len(CLASSES), **options)
+    model = models.build(name, len(classes), **options)
     calibrate_batchnorm(model)
     save_checkpoint(
         path,
         {
             "model": model.build_args,
             "state_dict": model.state_dict(),
-            "classes": CLASSES,
-            "palette": PALETTE,
+            "classes": classes,
+            "palette": palette,
             "normalize": {"mean": MEAN, "std": STD},
             "config": {},
         },
