@@ -222,3 +222,20 @@ def test_fuzz_kv_parsers_and_overrides(items):
 )
 def test_fuzz_typed_overrides(overrides):
     _one_line_or_config(lambda: load_config(None, overrides))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[" * 600 + "]" * 600,
+        "[" * 400 + "]" * 400,
+        "&a [*a]",
+        "!!python/object/apply:os.system [ls]",
+        "*x",
+        "\x00",
+        "a" * 100_000,
+    ],
+)
+@pytest.mark.parametrize("key", ["optim.betas", "model.options.rates", "loss.class_weights", "train.out"])
+def test_hostile_set_values(key, value):
+    _one_line_or_config(lambda: load_config(None, parse_kv_list([f"{key}={value}"], flag="--set")))

@@ -41,6 +41,10 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise AtrousError(
+            f"value {text[:40]!r}... is nested too deeply: write key=1,2,3 or key=[1,2,3]"
+        ) from None
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, dict):
