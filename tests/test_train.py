@@ -277,3 +277,10 @@ def test_aux_loss_of_a_model_with_an_aux_head(tmp_path):
     slope = loss[1.0] - loss[0.0]
     assert slope > 0.1  # a cross-entropy over 4 classes at initialisation is about log(4) = 1.4
     assert loss[0.5] - loss[0.0] == pytest.approx(slope / 2, rel=1e-4)
+
+
+def test_unusable_run_folder_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main([*QUICK, "--iters", "1", "--out", str(tmp_path / "file" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the run folder" in err and len(err.strip().splitlines()) == 1

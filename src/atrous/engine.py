@@ -628,7 +628,12 @@ def _train(
         )
 
     if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AtrousError(
+                f"cannot create the run folder {out} ({e.strerror or e}): choose another --out"
+            ) from None
         # Temporary files of writes a killed run left behind (never read: the rename did not happen).
         for name in (LAST, PREVIOUS, BEST, METRICS_CSV, CONFIG_YAML):
             for stale in out.glob(f".{name}.*.tmp"):
