@@ -753,7 +753,7 @@ def trace(model: nn.Module, input_size=(512, 512), *, in_channels: int | None = 
             try:
                 with torch.no_grad(), tracer:
                     out = model(x)
-            except (RuntimeError, NotImplementedError):
+            except Exception:  # any failure of the shape-only run: retry with real values
                 if not to_meta:
                     raise
                 continue
