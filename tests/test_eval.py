@@ -148,3 +148,32 @@ def test_empty_split_and_foreign_checkpoint(checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "foreign.pt"), "--data", DATA]) == 2
     err = capsys.readouterr().err.strip()
     assert "foreign.pt" in err and len(err.splitlines()) == 1
+
+
+def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "flat"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (image, mask) in enumerate(build_dataset(DATA, "val")):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy().astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(SHAPES) + "\n")
+    out = tmp_path / "flat.json"
+    args = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        f"folder:{root}",
+        "--json",
+        str(out),
+        "--no-optimize",
+    ]
+    assert main(args) == 0
+    flat = json.loads(out.read_text())
+    assert flat["split"] is None and flat["images"] == 3
+    same = run_eval(checkpoint, tmp_path, "--no-optimize")  # the same images from the synthetic source
+    for key in ("miou", "pixel_acc", "per_class_iou", "object_recall_by_size"):
+        assert flat[key] == same[key]
