@@ -25,10 +25,17 @@ TINY_TRAIN_ARGS = [
 def tiny_checkpoint(tmp_path_factory):
     """Path of `last.pt` of the tiny training run above; its run folder (best.pt, config.yaml, metrics.csv,
     tensorboard/) is the parent. Treat it as read-only."""
+    import contextlib
+    import io
+
     from atrous.cli import main
 
     out = tmp_path_factory.mktemp("tiny_run")
-    assert main([*TINY_TRAIN_ARGS, "--out", str(out)]) == 0
+    # Its log must not land in the output a test that requests it (with capsys) checks.
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = main([*TINY_TRAIN_ARGS, "--out", str(out)])
+    assert code == 0, log.getvalue()
     return out / "last.pt"
 
 
