@@ -127,6 +127,7 @@ def test_tta_against_brute_force(checkpoint, tmp_path):
         (["--data", DATA, "--tta", "flip,zero"], "--tta"),
         (["--data", DATA, "--stride", "8"], "--stride needs --sliding"),
         (["--data", DATA, "--device", "foo"], "not a torch device"),
+        (["--data", DATA, "--sliding", "8", "--stride", "12"], "must not exceed the window"),
     ],
 )
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, args, message):

@@ -150,5 +150,7 @@ def test_parse_tta_and_build_infer():
         build_infer(stride=4)
     with pytest.raises(ValueError, match="size"):
         SlidingWindow(size=0)
+    with pytest.raises(ValueError, match="must not exceed the window"):
+        SlidingWindow(size=8, stride=(4, 9))  # a 1-pixel gap between windows
     with pytest.raises(ValueError, match="scales"):
         MultiScaleFlip(scales=())

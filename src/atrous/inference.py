@@ -73,6 +73,11 @@ class SlidingWindow:
         self.stride = (
             _pair("stride", stride) if stride is not None else tuple(max(1, 2 * s // 3) for s in self.size)
         )
+        if any(s > z for s, z in zip(self.stride, self.size)):
+            raise ValueError(
+                f"stride {self.stride} must not exceed the window size {self.size}: pixels between windows "
+                "would get no prediction"
+            )
         self.base = base
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

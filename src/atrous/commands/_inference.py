@@ -52,7 +52,10 @@ def build_infer_from_args(args: argparse.Namespace):
     if args.stride is not None and args.sliding is None:
         raise AtrousError("--stride needs --sliding SIZE: give the window size too")
     scales, flip = parse_tta(args.tta) if args.tta else ((1.0,), False)
-    return build_infer(sliding=args.sliding, stride=args.stride, scales=scales, flip=flip)
+    try:
+        return build_infer(sliding=args.sliding, stride=args.stride, scales=scales, flip=flip)
+    except ValueError as e:
+        raise AtrousError(f"--sliding {args.sliding} --stride {args.stride}: {e}") from None
 
 
 def load_model(args: argparse.Namespace):
