@@ -178,3 +178,35 @@ def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
     same = run_eval(checkpoint, tmp_path, "--no-optimize")  # the same images from the synthetic source
     for key in ("miou", "pixel_acc", "per_class_iou", "object_recall_by_size"):
         assert flat[key] == same[key]
+
+
+def test_skip_bad_leaves_out_and_counts_unreadable_pairs(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / "val" / sub).mkdir(parents=True)
+    for i, (image, mask) in enumerate(build_dataset(DATA, "val")):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / "val" / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy().astype(np.uint8)).save(root / "val" / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(SHAPES) + "\n")
+    bad = root / "val" / "images" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    out = tmp_path / "m.json"
+    args = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        f"folder:{root}",
+        "--json",
+        str(out),
+        "--no-optimize",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1.png" in err and "--skip-bad" in err and len(err.splitlines()) == 1 and not out.exists()
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        assert main([*args, "--skip-bad"]) == 0
+    result = json.loads(out.read_text())
+    assert (result["images"], result["skipped"]) == (2, 1)

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             "data": args.data,
             "split": split,
             "images": len(dataset),
+            "skipped": len(getattr(dataset, "skipped", ())),  # unreadable pairs left out (--skip-bad)
             "inference": describe(infer),
             "class_names": list(meta.classes),
             **metrics,
