@@ -183,6 +183,12 @@ def test_erf_of_a_linear_model_is_its_kernel():
     # the same from an image iterable (a data loader), resized to the input size
     images = [torch.rand(1, 12, 12) for _ in range(2)]
     np.testing.assert_allclose(erf(conv, (9, 9), images=images)["heatmap"], want, atol=1e-12)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.rand(3, 1, 9, 9), torch.zeros(3, 9, 9)), batch_size=2
+    )
+    got = erf(conv, (9, 9), images=loader)
+    assert got["samples"] == 3
+    np.testing.assert_allclose(got["heatmap"], want, atol=1e-12)
 
 
 def test_object_sizes_are_8_connected_components():

@@ -51,8 +51,8 @@ def erf(
 ) -> dict:
     """Effective receptive field of the centre output pixel of `model` (in eval mode).
 
-    `images` (optional): an iterable of (C, H, W) or (N, C, H, W) float tensors (e.g. normalised images
-    from a data loader) used instead of `samples` Gaussian inputs; they are resized to `input_size`. Returns
+    `images` (optional): an iterable of (C, H, W) or (N, C, H, W) float tensors, or of (images, masks)
+    pairs as a `DataLoader` over a data set with `eval_transform` yields, used instead of `samples` Gaussian inputs; they are resized to `input_size`. Returns
     `heatmap` (an (H, W) float64 numpy array, max 1), `radius50` / `radius95` (pixels), `rf` (the
     theoretical local receptive field [h, w]), `ratio` (radius95 over the radius that holds 95 % of a
     flat weighting of the theoretical RF box clipped to the input: about 1 when the ERF fills the RF, well
@@ -79,6 +79,8 @@ def erf(
         acc = torch.zeros(h, w, dtype=torch.float64)
         count = 0
         for x in bar:
+            if isinstance(x, (tuple, list)):  # a data loader's (images, masks) batch
+                x = x[0]
             x = x.unsqueeze(0) if x.dim() == 3 else x
             if tuple(x.shape[-2:]) != (h, w):
                 x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
