@@ -239,3 +239,19 @@ def test_fuzz_typed_overrides(overrides):
 @pytest.mark.parametrize("key", ["optim.betas", "model.options.rates", "loss.class_weights", "train.out"])
 def test_hostile_set_values(key, value):
     _one_line_or_config(lambda: load_config(None, parse_kv_list([f"{key}={value}"], flag="--set")))
+
+
+def test_shipped_recipes_load_and_build():
+    from pathlib import Path
+
+    from atrous.models import build
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        config = load_config(path)
+        # The name carries the settings (DESIGN.md): model, output stride/channels, data, crop.
+        assert config.model.name in path.stem and str(config.data.crop_size) in path.stem
+        assert path.stem in config.train.out
+        # The options are valid for the model (building the heavy ones at a tiny width).
+        build(config.model.name, 3, **{**config.model.options, "width": 0.125})
