@@ -94,11 +94,20 @@ class Axis:
             hi.append(max(s[1] for s in spans) - o * jump)
         return Axis(jump, tuple(lo), tuple(hi))._reduced()
 
-    def union(self, other: Axis) -> tuple[Axis, bool]:
-        """Elementwise union (residual add, channel concat); second value True when it is approximate."""
-        if self.jump != other.jump:  # only for unusual graphs: keep the bounding pattern of the larger one
-            big = self if self.size >= other.size else other
-            return big._collapse(), True
+    def union(self, other: Axis, units: int | None = None) -> tuple[Axis, bool]:
+        """Elementwise union (residual add, channel concat); second value True when it is approximate.
+
+        Two maps of the same size can have different jumps (a map resized to an odd size beside a strided
+        one, as DeepLab v3+'s decoder at odd input sizes). Then the result keeps the finer jump and widens
+        the other's offsets by the drift `o * (j_other - j)` over the `units` units of the map: a superset
+        of every unit's receptive field.
+        """
+        if self.jump != other.jump:
+            fine, coarse = (self, other) if self.jump < other.jump else (other, self)
+            c = coarse._collapse()
+            drift = (max(units or 1, 1) - 1) * (coarse.jump - fine.jump)
+            widened = Axis(fine.jump, (c.lo[0],), (c.hi[0] + drift,))
+            return fine.union(widened)[0], True
         n = math.lcm(self.period, other.period)
         lo, hi = [], []
         for o in range(n):
@@ -215,7 +224,7 @@ class Meta:
         return tuple(out)
 
 
-def _union(metas: list[Meta], notes: set) -> Meta:
+def _union(metas: list[Meta], notes: set, shape=None) -> Meta:
     axes = None
     for m in metas:
         if m.axes is None:
@@ -224,8 +233,8 @@ def _union(metas: list[Meta], notes: set) -> Meta:
             axes = m.axes
             continue
         merged = []
-        for a, b in zip(axes, m.axes):
-            u, approx = a.union(b)
+        for i, (a, b) in enumerate(zip(axes, m.axes)):
+            u, approx = a.union(b, None if shape is None else int(shape[-2 + i]))
             if approx:
                 notes.add("tensors with different strides were added: their union is approximate")
             merged.append(u)
@@ -465,7 +474,7 @@ class _Tracer(TorchFunctionMode):
             same = [self.meta[t] for t in sources if _is_spatial(t) and t.shape[-2:] == o.shape[-2:]]
             others = [self.meta[t] for t in sources if not (_is_spatial(t) and t.shape[-2:] == o.shape[-2:])]
             if same:
-                m = _union(same, self.notes)
+                m = _union(same, self.notes, o.shape)
                 # a broadcast pooled tensor (x * attention(N, C, 1, 1)) brings the whole input
                 self.set(o, Meta(m.axes, m.is_global or any(g.is_global for g in others), m.detail))
             elif tuple(o.shape[-2:]) == (1, 1) or all(g.axes is None for g in others):
