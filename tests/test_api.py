@@ -68,6 +68,20 @@ def test_predict_matches_hand_computation_for_every_input_form(rgb, tmp_path):
     assert len(np.unique(labels_ref)) > 1  # the image exercises several classes
 
 
+def test_predict_uses_eval_mode_and_restores_the_mode(rgb):
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.tensor([100.0, 0, 0, 0]))  # in eval mode class 0 never wins
+    model.meta = linear_model().meta
+    model.train()
+    labels = predict(model, rgb)
+    assert model.training  # the caller's mode is restored
+    assert (labels != 0).all()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        assert (model(x).argmax(1) == 0).any()  # train mode (batch statistics) would have predicted class 0
+
+
 def test_predict_converts_grey_and_rgba_images(rgb):
     model = linear_model()
     grey = Image.fromarray(rgb[..., 0])  # mode "L": each channel equals the grey value

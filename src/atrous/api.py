@@ -160,7 +160,12 @@ def predict(
     """
     meta = _meta(model)
     rgb = as_rgb_array(image)
-    logits = infer(model, to_input(rgb, meta, _model_device(model)))  # (1, K, H, W)
+    was_training = model.training
+    model.eval()  # BatchNorm's running statistics and no dropout, whatever mode the caller left it in
+    try:
+        logits = infer(model, to_input(rgb, meta, _model_device(model)))  # (1, K, H, W)
+    finally:
+        model.train(was_training)
     labels = logits.argmax(dim=1)[0].to("cpu", torch.int64).numpy()
     if not probabilities:
         return labels
