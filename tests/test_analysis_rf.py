@@ -255,3 +255,27 @@ def test_models_that_need_real_values_are_traced_by_a_real_run():
     tracer = trace(DataDependent(), (20, 20))
     assert not tracer.to_meta
     assert receptive_field(DataDependent(), (20, 20))["rf"] == [9, 9]
+
+
+def test_maps_with_different_jumps_merge_into_a_superset():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 1, 3, stride=2, padding=1)  # 41 -> 21, jump 2
+            self.b = nn.Conv2d(1, 1, 3, stride=4, padding=1)  # 41 -> 11, resized to 21: jump 44/21
+
+        def forward(self, x):
+            b = F.interpolate(self.b(x), size=(21, 21), mode="bilinear", align_corners=False)
+            return self.a(x) + b
+
+    model = Mixed()
+    r = receptive_field(model, (41, 41), in_channels=1)
+    assert r["notes"]  # flagged as approximate
+    tracer = trace(model, (41, 41), in_channels=1)
+    meta = tracer.meta[tracer.output]
+    pos = _positive(model)
+    for o in range(4, 17, 3):
+        box = _support_box(pos, (41, 41), (o, o), in_channels=1)
+        for axis, (first, last) in zip(meta.axes, box):
+            lo, hi = axis.interval(o)
+            assert lo <= first and last <= hi, o
