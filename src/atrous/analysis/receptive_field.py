@@ -209,11 +209,12 @@ class Meta:
     is_global: bool
     detail: tuple[Fraction, Fraction]
 
-    def map(self, ops_hw, detail=None) -> Meta:
+    def map(self, ops_hw) -> Meta:
+        """The same tensor through per-axis ops (q_out, r_in, reads); the detail is the caller's business."""
         axes = None
         if self.axes is not None:
             axes = tuple(ax.apply(*op) for ax, op in zip(self.axes, ops_hw))
-        return Meta(axes, self.is_global, self.detail if detail is None else detail)
+        return Meta(axes, self.is_global, self.detail)
 
     def strided_detail(self, ops_hw) -> tuple[Fraction, Fraction]:
         """Detail after a downsampling op: at least the new grid spacing."""
@@ -384,6 +385,8 @@ class _Tracer(TorchFunctionMode):
         self.notes: set[str] = set()
         self.max_jump = [Fraction(1), Fraction(1)]
         self.suspended = 0
+        self.output = None  # the model's output tensor and the (h, w) input size, set by `trace`
+        self.input_size: tuple[int, int] | None = None
         self.names: list[tuple[str, bool]] = [("", False)]  # the module stack: (name, handled whole)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
