@@ -288,6 +288,10 @@ def test_load_refuses_a_checkpoint_that_does_not_fit_its_model(tmp_path):
     with pytest.raises(AtrousError, match=r"other\.pt") as info:
         load(tmp_path / "other.pt")
     assert "\n" not in str(info.value)
+    ck["model"]["options"] = {"channels": 8, "rates": [1, 2], "bogus": 1}  # an option the model lacks
+    save_checkpoint(tmp_path / "option.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    with pytest.raises(AtrousError, match=r"option\.pt.*bogus"):
+        load(tmp_path / "option.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AtrousError, match=r"junk\.pt"):
         load(tmp_path / "junk.pt")
