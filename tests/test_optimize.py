@@ -46,7 +46,7 @@ def test_optimize_keeps_outputs_of_every_registered_model(name):
     with torch.no_grad():
         ref = model(x2).double()
         got = opt(x2)
-    assert got.is_contiguous() and got.shape == ref.shape
+    assert got.shape == ref.shape
     scale = max(1.0, float(ref.abs().max()))
     assert float((got.double() - ref).abs().max()) <= 1e-4 * scale
 

@@ -140,16 +140,6 @@ def _to_channels_last(module, args, kwargs):
     return args, kwargs
 
 
-def _to_contiguous(module, args, kwargs, output):
-    if isinstance(output, torch.Tensor):
-        return output.contiguous()
-    if isinstance(output, tuple):
-        return tuple(o.contiguous() if isinstance(o, torch.Tensor) else o for o in output)
-    if isinstance(output, dict):
-        return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in output.items()}
-    return output
-
-
 def _max_abs_diff(a, b) -> float:
     if isinstance(a, dict):
         return max(_max_abs_diff(a[k], b[k]) for k in a)
@@ -168,8 +158,10 @@ def optimize(
     atol: float = 1e-4,
 ) -> nn.Module:
     """An inference-ready copy of `model` (the original is not changed): eval mode, no gradients,
-    BatchNorm folded (`fold_bn`), channels_last weights and input (`channels_last`; outputs are returned
-    in the default contiguous layout), and `torch.compile` with freezing (`compile`; slow to start).
+    BatchNorm folded (`fold_bn`), channels_last weights and input (`channels_last`; the logits come back
+    channels_last too, because converting them to NCHW would add a full copy at the memory peak: call
+    `.contiguous()` where a consumer needs NCHW strides), and `torch.compile` with freezing (`compile`;
+    slow to start).
 
     `example_input` (default: a random (1, C, 65, 63) image, C from the first convolution) runs once to
     pair convolutions with their BatchNorms and to check the copy: its output must equal the original's
@@ -192,7 +184,6 @@ def optimize(
     if channels_last:
         opt.to(memory_format=torch.channels_last)
         opt.register_forward_pre_hook(_to_channels_last, with_kwargs=True)
-        opt.register_forward_hook(_to_contiguous, with_kwargs=True)
     with torch.no_grad():
         ref_model.eval()
         try:
@@ -223,10 +214,9 @@ def prepare_training(model: nn.Module, *, channels_last: bool = True) -> nn.Modu
     """Set `model` up for fast training, in place, and return it: channels_last parameters and an input
     hook that converts each (N, C, H, W) batch to channels_last (benchmarks/models.py measures the win on
     the CPU). Parameters keep their identity, so an optimizer may be built before or after the call.
-    Call it once after building (or loading) the model; the logits come back in the default layout.
+    Call it once after building (or loading) the model; the logits come back channels_last.
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model.register_forward_pre_hook(_to_channels_last, with_kwargs=True)
-        model.register_forward_hook(_to_contiguous, with_kwargs=True)
     return model
