@@ -114,7 +114,7 @@ def test_interleave_rotates_the_order():
 
 
 @pytest.mark.parametrize("grad", [False, True])
-@pytest.mark.parametrize(("channels", "rate"), [(8, 8), (160, 8), (8, 2), (160, 3)])
+@pytest.mark.parametrize(("channels", "rate"), [(8, 8), (256, 8), (256, 3)])
 def test_auto_rule_keeps_layout_values_and_gradients(channels, rate, grad):
     """Whatever `impl="auto"` picks (implementation, layout switch), the result, its layout and the
     gradients equal the float64 F.conv2d reference."""
@@ -135,5 +135,4 @@ def test_auto_rule_keeps_layout_values_and_gradients(channels, rate, grad):
         want = torch.autograd.grad(ref, (x64, w64), g)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
-    expected_impl = "space_to_batch" if grad and channels <= 128 else "native"
-    assert pick == (expected_impl, torch.channels_last if rate >= 8 and expected_impl == "native" else None)
+    assert pick == ("native", torch.channels_last if rate >= 8 and channels >= 256 else None)

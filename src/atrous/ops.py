@@ -130,11 +130,12 @@ def atrous_conv2d(
 
 
 # Crossovers of `impl="auto"` on the CPU (oneDNN), from benchmarks/conv.py and the README's "Performance"
-# section: channels_last inputs run the native kernel at every rate; NCHW inputs fall to a slow dilated
-# path at large rates, where converting to channels_last for the one convolution costs less; in training
-# (gradients on), narrow NCHW layers run forward+backward faster as space-to-batch's dense convolution.
-LAYOUT_SWITCH_RATE = 8  # NCHW, rate >= this: convert to channels_last for the convolution
-S2B_MAX_CHANNELS = 128  # NCHW with gradients, in_channels <= this: space_to_batch
+# section: channels_last inputs run the native kernel at every rate; wide NCHW layers at large rates run
+# faster converted to channels_last for the one convolution. space_to_batch's dense convolution plus its
+# two rearrangements measured slower than the native kernel in channels_last in every cell, and not
+# reliably faster in NCHW, so auto does not pick it (it stays available as impl="space_to_batch").
+LAYOUT_SWITCH_RATE = 8  # NCHW, rate >= this ...
+LAYOUT_SWITCH_CHANNELS = 256  # ... and in_channels >= this: convert to channels_last for the convolution
 
 
 def _is_nchw(x: torch.Tensor) -> bool:
@@ -142,29 +143,26 @@ def _is_nchw(x: torch.Tensor) -> bool:
 
 
 def choose_impl(x: torch.Tensor, kernel_size: int, dilation: int) -> str:
-    """The deterministic rule behind `impl="auto"`: the same (shape, rate, layout, device, grad mode)
-    always picks the same implementation, in every process, so training reproduces across restarts and
-    DDP ranks (a per-process autotune would not). Thresholds: LAYOUT_SWITCH_RATE, S2B_MAX_CHANNELS.
+    """The deterministic rule behind `impl="auto"`: the same (shape, rate, layout, device) always picks
+    the same implementation, in every process, so training reproduces across restarts and DDP ranks (a
+    per-process autotune would not). cuDNN and oneDNN run dilation natively; see the crossovers above.
     """
-    del kernel_size
-    if dilation == 1 or x.device.type != "cpu" or not _is_nchw(x):
-        return "native"  # cuDNN and oneDNN's channels_last kernels handle dilation at dense speed
-    if torch.is_grad_enabled() and x.shape[1] <= S2B_MAX_CHANNELS:
-        return "space_to_batch"
+    del x, kernel_size, dilation
     return "native"
 
 
 def choose_layout(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.memory_format | None:
     """The memory format `impl="auto"` runs the convolution in: None keeps the input's; channels_last
     means an NCHW input (and the weight) is converted for the convolution and the output converted back,
-    where benchmarks/conv.py measured that the conversion costs less than the NCHW kernel's slow path.
-    Deterministic, like `choose_impl`.
+    where benchmarks/conv.py measured that the conversion costs less than the NCHW kernel's slow path
+    (CPU, rate >= LAYOUT_SWITCH_RATE, in_channels >= LAYOUT_SWITCH_CHANNELS). Deterministic.
     """
+    del kernel_size
     if (
         dilation >= LAYOUT_SWITCH_RATE
+        and x.shape[1] >= LAYOUT_SWITCH_CHANNELS
         and x.device.type == "cpu"
         and _is_nchw(x)
-        and choose_impl(x, kernel_size, dilation) == "native"
     ):
         return torch.channels_last
     return None
