@@ -224,28 +224,6 @@ def compare(
     return {"a": a, "b": b, "ratio": a["median_s"] / b["median_s"], "speedup": b["median_s"] / a["median_s"]}
 
 
-def conv_ceiling(
-    *,
-    shapes: Sequence[tuple[int, int]] = ((64, 128), (256, 64), (512, 32)),
-    channels_last: bool = True,
-    warmup: int = 2,
-    repeats: int = 5,
-) -> dict:
-    """The measured convolution ceiling: the best GFLOP/s of a dense 3x3 conv (batch 1) over `shapes`
-    ((channels, size) pairs, the shapes of a dilated backbone). Returns {"gflops", "per_shape"}."""
-    per_shape = []
-    with torch.inference_mode():
-        for c, s in shapes:
-            conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            x = torch.randn(1, c, s, s)
-            if channels_last:
-                conv, x = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-            flops = 2 * c * c * 9 * s * s
-            t = latency(lambda conv=conv, x=x: conv(x), warmup=warmup, repeats=repeats)["median_s"]
-            per_shape.append({"channels": c, "size": s, "gflops": flops / t / 1e9})
-    return {"gflops": max(p["gflops"] for p in per_shape), "per_shape": per_shape}
-
-
 # ----------------------------------------------------------------------------------------------------------
 # memory: one fresh subprocess per measurement
 # ----------------------------------------------------------------------------------------------------------
