@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from atrous import perf
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, atrous_conv2d
 
 
 def _real_macs_brute(c_in, c_out, size, k, stride, pad, dilation, groups=1, n=1):
@@ -136,3 +136,15 @@ def test_auto_rule_keeps_layout_values_and_gradients(channels, rate, grad):
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
     assert pick == ("native", torch.channels_last if rate >= 8 and channels >= 256 else None)
+
+
+def test_space_to_batch_skips_taps_that_only_read_padding():
+    # rate 8 on a 6x5 map: only the centre tap reaches a real pixel; both paths must run a 1x1 conv
+    x, w = torch.randn(1, 4, 6, 5), torch.randn(3, 4, 3, 3)
+    for impl in ("native", "space_to_batch"):
+        with FlopCounterMode(display=False) as counter:
+            y = atrous_conv2d(x, w, dilation=8, impl=impl)
+        # space_to_batch convolves r*r = 64 phase images of 1x1 each: 64 positions, 1 tap each
+        positions = 6 * 5 if impl == "native" else 64
+        assert counter.get_total_flops() == 2 * 3 * 4 * positions, impl
+        torch.testing.assert_close(y, F.conv2d(x, w, padding=8, dilation=8))

@@ -59,13 +59,19 @@ def _live_taps(size: int, kernel_size: int, dilation: int) -> int:
     return min(half, (size - 1) // dilation)
 
 
-def _native(x, weight, bias, dilation, stride, groups):
+def _crop_dead_taps(x, weight, dilation):
+    """The kernel cropped to the taps that can reach a real pixel of `x` (exact; see `_live_taps`)."""
     k_h, k_w = weight.shape[-2:]
     live_h = _live_taps(x.shape[-2], k_h, dilation)
     live_w = _live_taps(x.shape[-1], k_w, dilation)
     c_h, c_w = (k_h - 1) // 2, (k_w - 1) // 2
     if live_h < c_h or live_w < c_w:
         weight = weight[..., c_h - live_h : c_h + live_h + 1, c_w - live_w : c_w + live_w + 1]
+    return weight, live_h, live_w
+
+
+def _native(x, weight, bias, dilation, stride, groups):
+    weight, live_h, live_w = _crop_dead_taps(x, weight, dilation)
     return F.conv2d(
         x,
         weight,
@@ -124,6 +130,8 @@ def atrous_conv2d(
         return _native(x, weight, bias, dilation, stride, groups)
     if impl == "space_to_batch":
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        # the cropped kernel's "same" padding is dilation * live taps, which _space_to_batch derives
+        weight = _crop_dead_taps(x, weight, dilation)[0]
         y = _space_to_batch(x, weight, bias, dilation, stride, groups)
         return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
