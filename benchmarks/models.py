@@ -320,7 +320,7 @@ def scaling(*, quick: bool, log=print) -> dict:
         res[key + "_spread"] = max(values) / min(values) - 1 if values else None  # target: within 10 %
     lines = [
         f"== scaling {res['model']}",
-        f"{'size':>5} {'median s':>8} {'mem MiB':>8} {'real GFLOP':>10} {'ns/GFLOP':>9}",
+        f"{'size':>5} {'median s':>8} {'mem MiB':>8} {'real GFLOP':>10} {'ns/FLOP':>9}",
     ]
     lines += [
         f"{r['size']:>5} {r['median_s']:>8.3f} {_fmt(r['peak_memory_mib'], '.0f'):>8}"
