@@ -132,6 +132,7 @@ def test_results_json_structure(quick_demo):
             "flops",
             "latency_ms",
             "peak_memory_mib",
+            "small_object_limit",
         ):
             assert isinstance(m[field], (int, float)) and m[field] > 0, (key, field)
         assert 0 <= m["miou"] <= 1 and 0 <= m["pixel_acc"] <= 1

@@ -33,7 +33,8 @@ Two tasks, each built to expose one claim about dilated convolution (the demo re
 Items are `(torchvision.tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask int64 (H, W))` (no ignore label:
 every pixel is labelled), generated on access from `SeedSequence([task, seed, split, index])`: the same
 (seed, split, index) always gives the same item, and `train`, `val` and `test` never share an item.
-Generation is vectorised numpy (about a millisecond per 96x96 item).
+Generation is vectorised numpy (a few milliseconds per item: about 2 ms for a 64 px texture, 8 ms for a 96 px
+shapes image, measured on a loaded 2-core machine).
 """
 
 from __future__ import annotations

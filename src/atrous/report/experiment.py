@@ -159,7 +159,17 @@ def _batch(images, masks, *, batch: int, crop: int, gen: torch.Generator):
 # ----------------------------------------------------------------------------------------------------------
 # training and evaluation
 # ----------------------------------------------------------------------------------------------------------
-def train_model(model: nn.Module, images, masks, *, steps: int, budget: Budget, seed: int, desc: str) -> dict:
+def train_model(
+    model: nn.Module,
+    images,
+    masks,
+    *,
+    steps: int,
+    budget: Budget,
+    seed: int,
+    desc: str,
+    progress: bool = True,
+) -> dict:
     """Plain loop: AdamW, 5 % linear warm-up then cosine decay, cross-entropy. Returns the loss curve."""
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -173,7 +183,7 @@ def train_model(model: nn.Module, images, masks, *, steps: int, budget: Budget, 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     losses = []
-    with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not progress) as bar:
         for _ in range(steps):
             x, y = _batch(images, masks, batch=budget.batch, crop=budget.crop, gen=gen)
             loss = F.cross_entropy(model(x), y)
@@ -240,10 +250,9 @@ def _rf_entry(model: nn.Module, size: int) -> dict:
     return {"rf": rf["rf"][0], "global": bool(rf.get("global", False)), "output_stride": model.output_stride}
 
 
-def measure(
-    model: nn.Module, name: str, options: dict, num_classes: int, *, size: int, budget: Budget
-) -> dict:
-    """Theoretical RF, ERF radius, output stride, parameters, FLOPs and CPU latency at `size` x `size`."""
+def measure(model: nn.Module, *, size: int, budget: Budget) -> dict:
+    """Theoretical RF, ERF radius, output stride, parameters, FLOPs, CPU latency and the small-object limit
+    (`atrous.analysis.small_object_limit`) at `size` x `size`."""
     entry = _rf_entry(model, size)
     erf = analysis.erf(model, input_size=(size, size), samples=budget.erf_samples)
     entry["erf_radius50"] = erf["radius50"]
@@ -342,10 +351,11 @@ def run_experiment(*, seed: int, quick: bool, progress: bool = True) -> tuple[di
             budget=budget,
             seed=seed * 1000 + i,
             desc=f"shapes/{key}",
+            progress=progress,
         )
         pred = predict(model, sv_imgs)
         metrics = evaluate_predictions(pred, sv_masks, k_shapes, objects=True)
-        cost = measure(model, name, options, k_shapes, size=budget.shapes_size, budget=budget)
+        cost = measure(model, size=budget.shapes_size, budget=budget)
         artefacts["erf"][key] = cost.pop("erf_heatmap")
         artefacts["shapes_pred"][key] = pred[:4]
         results["models"][key] = {
@@ -370,6 +380,7 @@ def run_experiment(*, seed: int, quick: bool, progress: bool = True) -> tuple[di
             budget=budget,
             seed=seed * 1000 + 100 + i,
             desc=f"texture/{key}",
+            progress=progress,
         )
         pred = predict(model, tv_imgs)
         metrics = evaluate_predictions(pred, tv_masks, k_tex, objects=False)

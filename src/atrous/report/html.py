@@ -95,6 +95,7 @@ def render(results: dict) -> str:
                 _num(m["peak_memory_mib"], 1),
                 _num(m["miou"]),
                 _num(m["small_recall"]),
+                str(m["small_object_limit"]),
             ]
         )
     parts += [
@@ -119,6 +120,7 @@ def render(results: dict) -> str:
                 "peak memory (MiB)",
                 "mIoU",
                 f"recall < {small_px} px",
+                "small-object limit (px)",
             ],
             rows,
             "headline",
