@@ -143,6 +143,9 @@ def inference(*, quick: bool, ceiling_gflops: float, log=print) -> dict:
                 compiled(x)  # the first call compiles
             compile_s = time.perf_counter() - t0
             variants["atrous_compiled"] = (compiled, x)
+        if quick:  # as the main process of a quick run: one thread
+            for job in mem.values():
+                job["threads"] = 1
         memory = _memory_jobs(
             {k: v for k, v in mem.items() if not quick or k in ("torchvision_nchw", "atrous")}
         )

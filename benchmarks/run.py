@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")), help="JSON path")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these")
     args = parser.parse_args(argv)
+    if args.quick:
+        # a smoke run of tiny shapes: thousands of tiny parallel regions, each waiting for the slowest
+        # thread; on a busy machine one thread finishes many times sooner (no timing here is reported)
+        torch.set_num_threads(1)
     started = time.perf_counter()
     results: dict = {
         "meta": {
