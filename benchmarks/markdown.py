@@ -17,7 +17,8 @@ def tables(res: dict) -> str:
     out = [
         f"Measured {res['meta']['date_utc']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads,"
         f" {m['cpu_capability']}), torch {m['torch']}, load average at start {m['load_average_at_start'][0]:.1f}"
-        f"{' (--quick)' if res['meta']['quick'] else ''}; `make bench` took {res['seconds']['total']:.0f} s.",
+        f"{' (--quick)' if res['meta']['quick'] else ''}; sections took"
+        f" {', '.join(f'{k} {v:.0f} s' for k, v in res['seconds'].items())}.",
         "",
     ]
     if "conv" in res:
