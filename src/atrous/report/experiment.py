@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from atrous import analysis, models, perf
 from atrous.data import synthetic
 from atrous.metrics import SIZE_BUCKETS, ConfusionMatrix, ObjectRecall
+from atrous.optimize import optimize
 from atrous.report.claims import judge
 
 # "small" objects: sqrt(area) below this many pixels (the buckets [0, 4) and [4, 8))
@@ -261,21 +262,24 @@ def measure(model: nn.Module, *, size: int, budget: Budget) -> dict:
     entry["params"] = perf.param_count(model)
     entry["flops"] = perf.count_flops(model, (1, 3, size, size))
     x = torch.randn(1, 3, size, size)
+    fast = optimize(model, example_input=x)  # what predict/eval run on the CPU: BN folded, channels_last
     with torch.inference_mode():
         entry["latency_ms"] = (
-            1000 * perf.latency(lambda: model(x), warmup=2, repeats=budget.latency_repeats)["median_s"]
+            1000 * perf.latency(lambda: fast(x), warmup=2, repeats=budget.latency_repeats)["median_s"]
         )
     entry["small_object_limit"] = analysis.small_object_limit(model, input_size=(size, size))
     return entry
 
 
 def peak_memories(specs: dict[str, tuple[str, dict]], num_classes: int, size: int) -> dict[str, float]:
-    """Peak inference memory (MiB) of each model, each in a fresh process (atrous.perf.peak_memory); the
-    processes run two at a time (their start-up is most of their time)."""
+    """Peak inference memory (MiB) of each model's `atrous.optimize` copy, each in a fresh process
+    (atrous.perf.peak_memory); the processes run two at a time (their start-up is most of their time)."""
 
     def one(item):
         key, (name, options) = item
-        res = perf.peak_memory(name, num_classes=num_classes, options=options, input_shape=(1, 3, size, size))
+        res = perf.peak_memory(
+            name, num_classes=num_classes, options=options, input_shape=(1, 3, size, size), optimize={}
+        )
         return key, res["peak_mib"]
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -102,9 +102,10 @@ def render(results: dict) -> str:
         "<h2>Models: accuracy and cost</h2>",
         f"<p>All models are trained on <code>synthetic:shapes</code> ({results['data']['shapes']['spec']}) and "
         f"evaluated on its validation split at {budget['shapes_size']}x{budget['shapes_size']}; cost is "
-        "measured at the same size, batch 1, on this CPU (latency: median of repeated forwards; peak memory: "
-        "peak resident memory of one inference forward in a fresh process minus its resident memory after "
-        "loading). The gridded, HDC and large-rate stacks have identical parameters (same depth and width); "
+        "measured at the same size, batch 1, on this CPU, on each model's <code>atrous.optimize</code> copy "
+        "(BatchNorm folded, channels_last; what predict and eval run) (latency: median of repeated forwards; "
+        "peak memory: peak resident memory of one inference forward in a fresh process minus its resident "
+        "memory after loading). The gridded, HDC and large-rate stacks have identical parameters (same depth and width); "
         "FCN-32s, FCN-8s and DeepLab v3 share one ResNet-18 backbone (width 1/16) and differ in head and "
         "output stride.</p>",
         _table(
