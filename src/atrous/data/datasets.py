@@ -43,6 +43,15 @@ class DataError(AtrousError):
     """A bad data file or layout (an `AtrousError`: the CLI prints it as one line and exits 2)."""
 
 
+def _check_symlink(path: Path, what: str) -> None:
+    """Refuse a symlink that loops or points nowhere, naming it (a listing would otherwise fail later)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        kind = "a symlink loop" if e.errno == errno.ELOOP else "a broken symlink"
+        raise DataError(f"{path} is {kind}: remove it or point it at a real {what}") from None
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
@@ -159,11 +168,7 @@ def list_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
-                try:
-                    os.stat(path)
-                except OSError as e:
-                    kind = "a symlink loop" if e.errno == errno.ELOOP else "a broken symlink"
-                    raise DataError(f"{path} is {kind}: remove it or point it at a real file") from None
+                _check_symlink(path, "file")
             if not entry.is_file():
                 continue
             stem = unicodedata.normalize("NFC", path.stem)
@@ -299,11 +304,7 @@ def list_dirs(folder: Path) -> list[Path]:
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
-                try:
-                    os.stat(path)
-                except OSError as e:
-                    kind = "a symlink loop" if e.errno == errno.ELOOP else "a broken symlink"
-                    raise DataError(f"{path} is {kind}: remove it or point it at a real folder") from None
+                _check_symlink(path, "folder")
             if entry.is_dir():
                 out.append(path)
     return out
