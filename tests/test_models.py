@@ -65,6 +65,13 @@ def test_contract(name):
     assert list(features) == list(model.backbone.feature_info)
     for fname, info in model.backbone.feature_info.items():
         assert features[fname].shape[1:] == (info.channels, -(-33 // info.stride), -(-51 // info.stride))
+    # asked for one feature, the backbone returns just it, with the same values; unknown names are refused
+    for fname in model.backbone.feature_info:
+        with torch.no_grad():
+            only = model.backbone(x, features=[fname])
+        assert list(only) == [fname] and torch.equal(only[fname], features[fname])
+    with pytest.raises(ValueError, match="unknown feature"):
+        model.backbone(x, features=["nope"])
     # every dilated convolution is an AtrousConv2d
     for mname, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1:
@@ -143,3 +150,20 @@ def test_dilated_net_is_exactly_its_rates():
     support = (y != 0).nonzero().tolist()
     expected = sorted([10 + a, 10 + b] for a in range(-4, 5, 2) for b in range(-4, 5, 2))
     assert sorted(support) == expected
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_segmenter_asks_the_backbone_only_for_what_its_heads_read(aux):
+    """The maps no head reads are not returned (so they are freed during the forward); the aux head's
+    feature only when aux logits are asked for. Logits are those computed from the full feature dict."""
+    model = build("deeplabv3", 3, backbone="resnet18", width=0.125, aux=True).eval()
+    returned = []
+    model.backbone.register_forward_hook(lambda m, args, out: returned.append(sorted(out)))
+    x = torch.randn(1, 3, 29, 31)
+    with torch.no_grad():
+        out = model(x, aux=aux)
+        features = model.backbone(x)  # all four stages
+        head = model.head(features)
+        expected = torch.nn.functional.interpolate(head, size=(29, 31), mode="bilinear", align_corners=False)
+    assert returned[0] == (["layer3", "layer4"] if aux else ["layer4"])
+    torch.testing.assert_close(out[0] if aux else out, expected, rtol=0, atol=0)

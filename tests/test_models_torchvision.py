@@ -56,3 +56,31 @@ def test_outputs_equal_torchvision(factory, num_classes, aux):
 def test_rejects_other_models():
     with pytest.raises(ValueError, match="fcn_resnet50/101"):
         from_torchvision(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_training_gradients_equal_torchvision():
+    """Train mode (batch statistics), main and aux losses: every parameter's gradient equals torchvision's,
+    so the in-place residual sums and ReLUs leave autograd's answer unchanged."""
+    tv = segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
+    _randomize_bn(tv)
+    ours = from_torchvision(tv)
+    tv.train()
+    ours.train()
+    for m in (tv, ours):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0  # the same masks cannot be drawn in both: no dropout
+    x = torch.randn(2, 3, 35, 27)
+    out = tv(x)
+    (out["out"].square().mean() + 0.4 * out["aux"].square().mean()).backward()
+    logits, aux_logits = ours(x, aux=True)
+    (logits.square().mean() + 0.4 * aux_logits.square().mean()).backward()
+    renames = {"classifier.": "head.", "aux_classifier.": "aux_head."}
+    ours_params = dict(ours.named_parameters())
+    for name, p in tv.named_parameters():
+        for a, b in renames.items():
+            name = name.replace(a, b) if name.startswith(a) else name
+        name = name.removeprefix("backbone.")
+        mine = ours_params.get(name, ours_params.get(f"backbone.{name}"))
+        scale = max(float(p.grad.abs().max()), 1e-12)
+        assert float((mine.grad - p.grad).abs().max()) <= 1e-4 * scale, name

@@ -1,4 +1,5 @@
 """Segmentation heads: they take the backbone's feature dict and return logits at the feature stride.
+Each declares the features it reads in `in_features`, so the backbone returns (and keeps alive) only those.
 
 - `ClassifierHead`: a 1x1 convolution (DRN, dilated_net).
 - `FCNHead`: torchvision's "FCN" head (3x3 conv to in/4 channels, BN, ReLU, dropout 0.1, 1x1); state_dict
@@ -35,6 +36,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, feature: str) -> None:
         super().__init__()
         self.feature = feature
+        self.in_features = (feature,)
         conv = nn.Conv2d(in_channels, num_classes, 1)  # for nn.Conv2d's default initialisation
         self.weight, self.bias = conv.weight, conv.bias
 
@@ -48,6 +50,10 @@ class RefinedHead(nn.Sequential):
 
     def __init__(self, head: nn.Module, *refiners: nn.Module) -> None:
         super().__init__(head, *refiners)
+
+    @property
+    def in_features(self) -> tuple[str, ...]:
+        return self[0].in_features
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self[0](features)
@@ -64,11 +70,12 @@ class FCNHead(nn.Sequential):
         super().__init__(
             AtrousConv2d(in_channels, inter, 3, bias=False),
             nn.BatchNorm2d(inter),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Dropout(0.1),
             nn.Conv2d(inter, num_classes, 1),
         )
         self.feature = feature
+        self.in_features = (feature,)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return super().forward(features[self.feature])
@@ -89,7 +96,8 @@ def _conv_bn_relu(cin: int, cout: int, kernel_size: int, dilation: int = 1) -> l
         if kernel_size == 1
         else AtrousConv2d(cin, cout, kernel_size, dilation=dilation, bias=False)
     )
-    return [conv, nn.BatchNorm2d(cout), nn.ReLU()]
+    # in-place ReLU: one map less at a time; autograd allows it (BatchNorm's backward reads its input)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class ASPPPooling(nn.Sequential):
@@ -157,6 +165,7 @@ class DeepLabV3Head(nn.Sequential):
             layers += _conv_bn_relu(c, c, 3)
         super().__init__(*layers, nn.Conv2d(c, num_classes, 1))
         self.feature = feature
+        self.in_features = (feature,)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return super().forward(features[self.feature])
@@ -181,6 +190,7 @@ class DeepLabV3PlusHead(nn.Module):
     ) -> None:
         super().__init__()
         self.feature, self.low_level_feature = feature, low_level_feature
+        self.in_features = (feature, low_level_feature)
         c = aspp_channels
         self.aspp = ASPP(in_channels=in_channels, out_channels=c, rates=rates, dropout=0.1)
         self.project = nn.Sequential(*_conv_bn_relu(low_level_channels, low_level_projection, 1))
@@ -201,6 +211,7 @@ class DUCHead(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, feature: str, factor: int) -> None:
         super().__init__()
         self.feature = feature
+        self.in_features = (feature,)
         self.duc = DUC(in_channels, num_classes, factor)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -229,6 +240,7 @@ class FCNSkipHead(nn.Module):
     ) -> None:
         super().__init__()
         self.feature, self.skips = feature, tuple(skips)
+        self.in_features = (feature, *self.skips)
         self.score = nn.Conv2d(feature_channels[feature], num_classes, 1)
         self.skip_scores = nn.ModuleDict({s: nn.Conv2d(feature_channels[s], num_classes, 1) for s in skips})
         self.upscores = nn.ModuleDict({s: BilinearUpsample(num_classes, 2) for s in skips})

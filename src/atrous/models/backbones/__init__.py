@@ -3,13 +3,15 @@ output stride, and DRN.
 
 Every backbone returns a dict of named feature maps and declares them in `feature_info`
 (name -> `FeatureInfo(channels, stride, dilation)`), in the spirit of timm's `feature_info`; heads read
-their input channels from it instead of hard-coding 2048.
+their input channels from it instead of hard-coding 2048. `backbone(x, features=names)` returns only those
+(the segmenter asks for what its heads read), so that the other stages' maps are freed as soon as the next
+stage has consumed them instead of staying alive through the deepest stage and the head.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,17 @@ class FeatureInfo:
     channels: int
     stride: int
     dilation: int
+
+
+def wanted_features(feature_info: Mapping[str, FeatureInfo], features: Collection[str] | None) -> set[str]:
+    """The feature names a backbone's `forward(x, features=...)` must return (None: all of them); an
+    unknown name is a ValueError listing the valid ones."""
+    if features is None:
+        return set(feature_info)
+    unknown = [f for f in features if f not in feature_info]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}: this backbone returns {list(feature_info)}")
+    return set(features)
 
 
 def scaled(channels: int, width: float) -> int:

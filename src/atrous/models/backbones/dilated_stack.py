@@ -7,12 +7,12 @@ checkerboard receptive field of four rate-2 convolutions and `rates=(1, 2, 5, 1,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
 
-from atrous.models.backbones import FeatureInfo
+from atrous.models.backbones import FeatureInfo, wanted_features
 from atrous.ops import AtrousConv2d
 
 NORMS = ("batch", "none")
@@ -47,5 +47,8 @@ class DilatedStack(nn.Sequential):
         self.rates = rates
         self.feature_info = {"out": FeatureInfo(channels, 1, rates[-1])}
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """{"out": ...}, or {} when `features` does not name it."""
+        if "out" not in wanted_features(self.feature_info, features):
+            return {}
         return {"out": super().forward(x)}

@@ -14,12 +14,18 @@ optionally under `module.`) load too.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
 
-from atrous.models.backbones import FeatureInfo, check_width, load_weights_file, scaled
+from atrous.models.backbones import (
+    FeatureInfo,
+    check_width,
+    load_weights_file,
+    scaled,
+    wanted_features,
+)
 from atrous.models.backbones.resnet import BasicBlock
 from atrous.ops import AtrousConv2d
 
@@ -63,7 +69,7 @@ def _blocks(cin: int, cout: int, n: int, stride: int, dilation: int, residual: b
 
 
 class DRN(nn.Module):
-    """DRN trunk returning every level: {"layer1": (N, 16w, H, W), "layer2": (N, 32w, H/2, W/2), ...,
+    """DRN trunk returning its levels: {"layer1": (N, 16w, H, W), "layer2": (N, 32w, H/2, W/2), ...,
     "layer8": (N, 512w, H/8, W/8)} (sizes rounded up for odd inputs)."""
 
     def __init__(
@@ -124,10 +130,18 @@ class DRN(nn.Module):
             out[key] = value
         return out
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The levels named in `features` (default: all eight); levels after the last one named do not run."""
+        wanted = wanted_features(self.feature_info, features)
         x = self.relu(self.bn1(self.conv1(x))) if self.arch == "C" else self.layer0(x)  # (N, 16w, H, W)
         out = {}
         for name in self.feature_info:
-            x = getattr(self, name)(x)
-            out[name] = x
+            if len(out) == len(wanted):
+                break
+            # block by block, not through the level's forward, whose caller would keep the level's input
+            # alive until the last block (ResNet-50 OS8 at 512x512: layer3's 16 MiB through layer4)
+            for block in getattr(self, name):
+                x = block(x)
+            if name in wanted:
+                out[name] = x
         return out

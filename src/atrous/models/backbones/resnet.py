@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from atrous.models.backbones import FeatureInfo, check_width, load_weights_file, scaled
+from atrous.models.backbones import (
+    FeatureInfo,
+    check_width,
+    load_weights_file,
+    scaled,
+    wanted_features,
+)
 from atrous.ops import AtrousConv2d
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -50,7 +56,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+            out += x if self.downsample is None else self.downsample(x)  # in place: see Bottleneck
         return self.relu(out)
 
 
@@ -71,11 +77,14 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(inplanes, planes * 4, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = self.bn3(self.conv3(out))  # (N, 4p, h, w)
+        # The shortcut is computed last, so its (N, 4p, h, w) map is not alive during conv1-3, and added in
+        # place (as torchvision's Bottleneck): no third map of that size. Autograd allows it: neither
+        # BatchNorm's nor a convolution's backward reads its own output.
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Sequential | None:
@@ -144,7 +153,7 @@ def stage_schedule(
 
 
 class ResNet(nn.Module):
-    """ResNet trunk (stem + layer1..4, no pooling head) returning every stage's output.
+    """ResNet trunk (stem + layer1..4, no pooling head) returning the stages' outputs.
 
     Output for an (N, 3, H, W) input: {"layer1": (N, 64e, H/4, W/4), "layer2": (N, 128e, H/8, ...),
     "layer3": (N, 256e, H/16 or H/8), "layer4": (N, 512e, H/output_stride)} with e = block expansion times
@@ -203,10 +212,18 @@ class ResNet(nn.Module):
                 expected_format=f"torchvision resnet{depth} state_dict",
             )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The stages named in `features` (default: all four); stages after the last one named do not run."""
+        wanted = wanted_features(self.feature_info, features)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64w, H/4, W/4)
         out = {}
         for name in STAGES:
-            x = getattr(self, name)(x)
-            out[name] = x
+            if len(out) == len(wanted):
+                break
+            # block by block, not through the stage's forward, whose caller would keep the stage's input
+            # alive until the last block (ResNet-50 OS8 at 512x512: layer3's 16 MiB through layer4)
+            for block in getattr(self, name):
+                x = block(x)
+            if name in wanted:
+                out[name] = x
         return out

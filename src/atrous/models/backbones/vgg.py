@@ -16,11 +16,18 @@ and no input row is dropped; every convolution is "same"-padded instead of FCN's
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 import torch
 from torch import nn
 
-from atrous.models.backbones import FeatureInfo, check_width, load_weights_file, scaled
+from atrous.models.backbones import (
+    FeatureInfo,
+    check_width,
+    load_weights_file,
+    scaled,
+    wanted_features,
+)
 from atrous.ops import AtrousConv2d
 
 # torchvision's cfgs["D"]; "M" is a 2x2 max-pool
@@ -98,16 +105,25 @@ class VGG16(nn.Module):
                 expected_format="torchvision vgg16 state_dict",
             )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The maps named in `features` (default: all three); layers after the last one named do not run."""
+        wanted = wanted_features(self.feature_info, features)
         out = {}
         x = self.features[: POOL3 + 1](x)  # (N, 256w, H/8, W/8)
-        out["pool3"] = x
+        if "pool3" in wanted:
+            out["pool3"] = x
+        if len(out) == len(wanted):
+            return out
         x = self.features[POOL3 + 1 : POOL4 + 1](x)  # FCN: (N, 512w, H/16, W/16); front-end: stride 8
-        if not self.dilated:
+        if "pool4" in wanted:
             out["pool4"] = x
+        if len(out) == len(wanted):
+            return out
         x = self.features[POOL4 + 1 :](x)  # FCN: pool5 (N, 512w, H/32, W/32); front-end: conv5 at stride 8
-        if self.dilated:
+        if "conv5" in wanted:
             out["conv5"] = x
+        if len(out) == len(wanted):
+            return out
         x = self.drop6(self.relu(self.fc6(x)))
         out["fc7"] = self.drop7(self.relu(self.fc7(x)))  # (N, 4096w, H/32 or H/8, ...)
         return out
