@@ -1,10 +1,14 @@
 """Benchmark 1: dilated 3x3 convolution against the dense convolution of the same shape.
 
-For each (channels, size), rate, memory format and pass (forward; forward+backward), the cell times
-`AtrousConv2d(impl="auto")`, each fixed implementation and a dense (rate 1) `F.conv2d` of the same shape,
-round-robin in this process (`atrous.perf.interleave`). GFLOP/s use the nominal FLOPs of the conv
-(2 x multiply-adds, forward+backward = 3x forward), which are the same for every rate: a ratio to dense
-above 1 is what the rate costs on top of the arithmetic.
+For each (channels, size), rate, memory format and pass (forward; forward+backward), the cell times each
+fixed implementation and a dense (rate 1) `F.conv2d` of the same shape, round-robin in this process
+(`atrous.perf.interleave`), over whole rotations of the order (every callable runs once in every position,
+so that none always follows the same neighbour: with fewer repeats than callables the median of the same
+kernel measured in two columns differed by up to 1.6x on a quiet machine). `AtrousConv2d(impl="auto")`
+runs exactly one of those callables (the rule's pick, converted layout included): that column is timed
+through the auto module, and its time is auto's (`auto_measured_as` names the column). GFLOP/s use the nominal FLOPs of the conv (2 x multiply-adds,
+forward+backward = 3x forward), which are the same for every rate: a ratio to dense above 1 is what the
+rate costs on top of the arithmetic.
 """
 
 from __future__ import annotations
@@ -13,28 +17,36 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from atrous import perf
 from atrous.ops import IMPLS, AtrousConv2d, atrous_conv2d, choose_impl, choose_layout
 
-FULL = {"shapes": [(64, 128), (256, 64), (512, 32)], "rates": [1, 2, 4, 8, 12, 16], "repeats": 3}
-QUICK = {"shapes": [(32, 24)], "rates": [1, 4], "repeats": 2}
+# rotations: whole rotations of the order per pass (forward cells are cheap: two); warmup: untimed rounds
+# (the first call of a shape creates oneDNN's primitive)
+FULL = {
+    "shapes": [(64, 128), (256, 64), (512, 32)],
+    "rates": [1, 2, 4, 8, 12, 16],
+    "rotations": {"fwd": 2, "fwd+bwd": 1},
+    "warmup": {"fwd": 2, "fwd+bwd": 1},
+}
+QUICK = {
+    "shapes": [(32, 24)],
+    "rates": [1, 4],
+    "rotations": {"fwd": 1, "fwd+bwd": 1},
+    "warmup": {"fwd": 1, "fwd+bwd": 1},
+}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def _cell_fns(channels: int, size: int, rate: int, layout: str, backward: bool) -> dict:
-    """Callables for one cell: auto, each implementation, dense; all with the same weights and input."""
+def _cell_fns(channels: int, size: int, rate: int, layout: str, backward: bool, auto_column: str) -> dict:
+    """Callables for one cell: each implementation, dense, and in NCHW the native kernel run in
+    channels_last (the conversion auto may choose); all with the same weights and input. The
+    `auto_column` callable runs `AtrousConv2d(impl="auto")`, which computes exactly that column."""
     fmt = LAYOUTS[layout]
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size).contiguous(memory_format=fmt).requires_grad_(backward)
-    convs = {}
-    for impl in ("auto", *IMPLS):
-        conv = AtrousConv2d(channels, channels, 3, dilation=rate, bias=False, impl=impl)
-        conv = conv.to(memory_format=fmt)
-        convs[impl] = conv
-    weight = convs["auto"].weight
-    for conv in convs.values():
-        conv.weight = weight
+    weight = torch.randn(channels, channels, 3, 3).contiguous(memory_format=fmt).requires_grad_(backward)
     grad = torch.randn(1, channels, size, size).contiguous(memory_format=fmt)
 
     def run(forward):
@@ -45,7 +57,10 @@ def _cell_fns(channels: int, size: int, rate: int, layout: str, backward: bool) 
         forward().backward(grad)
         return None
 
-    fns = {impl: (lambda conv=conv: run(lambda: conv(x))) for impl, conv in convs.items()}
+    fns = {
+        impl: (lambda impl=impl: run(lambda: atrous_conv2d(x, weight, None, rate, impl=impl)))
+        for impl in IMPLS
+    }
     fns["dense"] = lambda: run(lambda: F.conv2d(x, weight, None, padding=1))
     if layout == "nchw":  # the conversion that auto may choose: NCHW in and out, channels_last inside
         cl = torch.channels_last
@@ -54,7 +69,19 @@ def _cell_fns(channels: int, size: int, rate: int, layout: str, backward: bool) 
                 x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), None, rate
             ).contiguous()
         )
+    auto = AtrousConv2d(channels, channels, 3, dilation=rate, bias=False, impl="auto")
+    auto.weight = nn.Parameter(weight, requires_grad=backward)  # the same tensor, no copy
+    fns[auto_column] = lambda: run(lambda: auto(x))
     return fns
+
+
+def _auto_column(impl: str, layout: torch.memory_format | None) -> str:
+    """The callable of `_cell_fns` that runs what auto picked."""
+    if layout is None:
+        return impl
+    if impl == "native" and layout == torch.channels_last:
+        return "native_via_cl"
+    raise ValueError(f"benchmarks/conv.py has no column for auto's pick {impl} + {layout}")
 
 
 def run(*, quick: bool, log=print) -> dict:
@@ -65,21 +92,27 @@ def run(*, quick: bool, log=print) -> dict:
         for layout, fmt in LAYOUTS.items():
             probe = torch.empty(1, channels, size, size).contiguous(memory_format=fmt)
             for backward in (False, True):
+                pas = "fwd+bwd" if backward else "fwd"
                 for rate in cfg["rates"]:
-                    stats = perf.interleave(
-                        _cell_fns(channels, size, rate, layout, backward), warmup=1, repeats=cfg["repeats"]
-                    )
-                    work = flops * (3 if backward else 1)
-                    times = {k: v["median_s"] for k, v in stats.items()}
                     with torch.set_grad_enabled(backward):  # the rule looks at the grad mode too
                         impl_pick, layout_pick = choose_impl(probe, 3, rate), choose_layout(probe, 3, rate)
+                    measured_as = _auto_column(impl_pick, layout_pick)
+                    fns = _cell_fns(channels, size, rate, layout, backward, measured_as)
+                    stats = perf.interleave(
+                        fns, warmup=cfg["warmup"][pas], repeats=cfg["rotations"][pas] * len(fns)
+                    )
+                    stats = {"auto": stats[measured_as], **stats}
+                    work = flops * (3 if backward else 1)
+                    times = {k: v["median_s"] for k, v in stats.items()}
                     row = {
                         "channels": channels,
                         "size": size,
                         "rate": rate,
                         "layout": layout,
-                        "pass": "fwd+bwd" if backward else "fwd",
+                        "pass": pas,
                         "auto_picks": impl_pick + ("" if layout_pick is None else "+channels_last"),
+                        "auto_measured_as": measured_as,
+                        "repeats": stats["dense"]["repeats"],
                         "median_s": times,
                         "gflops": {k: work / t / 1e9 for k, t in times.items()},
                         "ratio_to_dense": {k: t / times["dense"] for k, t in times.items() if k != "dense"},

@@ -10,12 +10,14 @@ from torch import nn
 
 from atrous.ops import (
     DUC,
+    SPACE_TO_BATCH_MAX_CHANNELS,
     AtrousConv1d,
     AtrousConv2d,
     BilinearUpsample,
     SmoothedAtrousConv2d,
     atrous_conv2d,
     choose_impl,
+    choose_layout,
 )
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -161,6 +163,46 @@ def test_choose_impl_is_deterministic_and_valid():
     picks = {choose_impl(x, 3, r) for _ in range(3) for r in (1, 2, 8, 16)}
     assert picks <= {"native", "space_to_batch"}
     assert [choose_impl(x, 3, r) for r in range(1, 17)] == [choose_impl(x, 3, r) for r in range(1, 17)]
+
+
+def test_choose_impl_follows_the_documented_crossovers():
+    nchw, cl = (
+        torch.randn(1, 8, 16, 16),
+        torch.randn(1, 8, 16, 16).contiguous(memory_format=torch.channels_last),
+    )
+    wide = torch.randn(1, SPACE_TO_BATCH_MAX_CHANNELS, 4, 4)
+    assert choose_impl(nchw, 3, 2) == "space_to_batch"  # NCHW, narrow, grad recorded: dense kernels only
+    assert choose_impl(nchw, 3, 1) == choose_impl(cl, 3, 2) == choose_impl(wide, 3, 8) == "native"
+    assert choose_impl(nchw, 3, 2, stride=2) == "native"
+    assert choose_impl(nchw, 3, 3) == "native"  # 6x6 sub-images: below SPACE_TO_BATCH_MIN_BLOCK
+    assert choose_layout(wide, 3, 8) == torch.channels_last and choose_layout(nchw, 3, 8) is None
+    with torch.no_grad():
+        assert choose_impl(nchw, 3, 2) == "native"
+
+
+@pytest.mark.parametrize("channels", [5, SPACE_TO_BATCH_MAX_CHANNELS])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("rate", [1, 2, 8])
+def test_auto_matches_float64_reference_with_and_without_grad(channels, channels_last, rate):
+    # every branch of the rule: native, space_to_batch (narrow NCHW with grad), the channels_last switch
+    # (wide NCHW at rate >= 8); sizes that no rate divides
+    m = AtrousConv2d(channels, 3, 3, dilation=rate)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x64 = torch.randn(2, channels, 17, 19, dtype=torch.float64)
+    w64 = m.weight.detach().double().requires_grad_()
+    x64.requires_grad_()
+    ref = _reference(x64, w64, m.bias.detach().double(), rate, 1, 1)
+    g = torch.randn_like(ref)
+    rx, rw = torch.autograd.grad(ref, (x64, w64), g)
+    x = x64.detach().float().contiguous(memory_format=fmt).requires_grad_()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).double(), ref.detach(), **TOL)
+    y = m(x)
+    torch.testing.assert_close(y.double(), ref.detach(), **TOL)
+    assert y.is_contiguous(memory_format=fmt)  # the caller's layout, whatever ran inside
+    gx, gw = torch.autograd.grad(y, (x, m.weight), g.float())
+    torch.testing.assert_close(gx.double(), rx, **TOL)
+    torch.testing.assert_close(gw.double(), rw, rtol=1e-5, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------

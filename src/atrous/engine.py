@@ -45,6 +45,7 @@ from atrous.checkpoint import check_state_dict, load_checkpoint, load_matching, 
 from atrous.config import Config, dump_config, to_dict
 from atrous.errors import AtrousError
 from atrous.metrics import ConfusionMatrix, ObjectRecall
+from atrous.optimize import prepare_training
 
 LAST = "last.pt"
 # The checkpoint before last.pt: renamed aside just before a new last.pt is written, so that one intact
@@ -597,6 +598,11 @@ def _train(
     model.to(device)
     if dist_info.active and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cpu":
+        # channels_last weights and batches: oneDNN's faster layout on the CPU (benchmarks/models.py,
+        # training); the convolutions whose channels_last backward crashes torch 2.14.1 stay NCHW inside.
+        # Same loss and gradients up to float rounding; checkpoints are stored NCHW (see payload).
+        prepare_training(model)
 
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -672,7 +678,7 @@ def _train(
                 "num_classes": num_classes,
                 "options": resolved["model"]["options"],
             },
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "classes": classes,
             "palette": palette,
             "normalize": {"mean": list(d.mean), "std": list(d.std)},

@@ -87,18 +87,20 @@ def _space_to_batch(x, weight, bias, dilation, stride, groups):
     r = dilation
     n, c, h, w = x.shape
     k_h, k_w = weight.shape[-2:]
-    p_h, p_w = same_padding(k_h, r), same_padding(k_w, r)
-    # pad with the "same" padding, then up to a multiple of the rate: (N, C, Hp, Wp), Hp = hb * r
-    hb, wb = -(-(h + 2 * p_h) // r), -(-(w + 2 * p_w) // r)
-    x = F.pad(x, (p_w, wb * r - w - p_w, p_h, hb * r - h - p_h))
+    # zero-pad bottom/right up to a multiple of the rate: (N, C, hb * r, wb * r). Output pixel (i, j) lies
+    # in phase (i % r, j % r) and reads only that phase, at block rows i // r + t - (k_h - 1) // 2: rows
+    # below 0 or at/after hb are the dense conv's own zero padding, rows in [h, hb * r) the zeros added
+    # here, so padding the r x r dense sub-images by (k - 1) // 2 is exact and no tap of the dense
+    # convolution below runs on padding that the dilated one would have skipped.
+    hb, wb = -(-h // r), -(-w // r)
+    x = F.pad(x, (0, wb * r - w, 0, hb * r - h))
     # rate x rate dense sub-images, phase-major: (r*r*N, C, hb, wb)
     x = x.reshape(n, c, hb, r, wb, r).permute(3, 5, 0, 1, 2, 4).reshape(r * r * n, c, hb, wb)
-    y = F.conv2d(x, weight, bias, groups=groups)  # (r*r*N, O, hb-k_h+1, wb-k_w+1), a dense "valid" conv
-    o, ho, wo = y.shape[1:]
-    # interlace the phases back: (N, O, ho*r, wo*r), then crop to the input size
-    y = y.reshape(r, r, n, o, ho, wo).permute(2, 3, 4, 0, 5, 1).reshape(n, o, ho * r, wo * r)
-    y = y[:, :, :h:stride, :w:stride]
-    return y
+    y = F.conv2d(x, weight, bias, padding=((k_h - 1) // 2, (k_w - 1) // 2), groups=groups)
+    o = y.shape[1]  # y: (r*r*N, O, hb, wb)
+    # interlace the phases back: (N, O, hb*r, wb*r), then crop to the input size and subsample
+    y = y.reshape(r, r, n, o, hb, wb).permute(2, 3, 4, 0, 5, 1).reshape(n, o, hb * r, wb * r)
+    return y[:, :, :h:stride, :w:stride]
 
 
 def atrous_conv2d(
@@ -138,24 +140,44 @@ def atrous_conv2d(
 
 
 # Crossovers of `impl="auto"` on the CPU (oneDNN), from benchmarks/conv.py and the README's "Performance"
-# section: channels_last inputs run the native kernel at every rate; wide NCHW layers at large rates run
-# faster converted to channels_last for the one convolution. space_to_batch's dense convolution plus its
-# two rearrangements measured slower than the native kernel in channels_last in every cell, and not
-# reliably faster in NCHW, so auto does not pick it (it stays available as impl="space_to_batch").
+# section. Forward only (no grad): channels_last inputs run the native kernel at every rate; wide NCHW layers
+# at large rates run faster converted to channels_last for the one convolution. Forward+backward in NCHW:
+# oneDNN's dilated backward is the slow path (quiet machine, 64 ch at 128^2: 1.6-2.9x the dense conv at
+# rates 2-16), while space_to_batch runs dense kernels only (1.1-1.3x at rates 2-8, 1.5-1.75x at 12-16
+# where the sub-images are 11x11 and 8x8), so narrow NCHW layers take it when a gradient is recorded; wide
+# ones keep the layout switch above (space_to_batch and the switch measured within noise of each other
+# there), and so do sub-images smaller than 8x8 (128 ch at 32^2, rate 8: 1.6x against native's 1.3x).
+# space_to_batch stays out of channels_last (1.3-2.9x dense forward, slower than native in 28 of 30 cells)
+# and of strided convolutions (it computes every output position, then subsamples).
 LAYOUT_SWITCH_RATE = 8  # NCHW, rate >= this ...
 LAYOUT_SWITCH_CHANNELS = 256  # ... and in_channels >= this: convert to channels_last for the convolution
+SPACE_TO_BATCH_MAX_CHANNELS = 256  # NCHW with grad, stride 1, rate >= 2, in_channels below this ...
+SPACE_TO_BATCH_MIN_BLOCK = 8  # ... and sub-images (ceil(H / rate) x ceil(W / rate)) at least this wide
 
 
 def _is_nchw(x: torch.Tensor) -> bool:
     return x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
 
 
-def choose_impl(x: torch.Tensor, kernel_size: int, dilation: int) -> str:
-    """The deterministic rule behind `impl="auto"`: the same (shape, rate, layout, device) always picks
-    the same implementation, in every process, so training reproduces across restarts and DDP ranks (a
-    per-process autotune would not). cuDNN and oneDNN run dilation natively; see the crossovers above.
+def choose_impl(x: torch.Tensor, kernel_size: int, dilation: int, stride: int = 1) -> str:
+    """The deterministic rule behind `impl="auto"`: the same (shape, rate, stride, layout, device, grad
+    mode) always picks the same implementation, in every process, so training reproduces across restarts
+    and DDP ranks (a per-process autotune would not). cuDNN runs dilation natively; on the CPU an NCHW
+    input narrower than SPACE_TO_BATCH_MAX_CHANNELS, at rate >= 2 and stride 1, takes space_to_batch while
+    autograd records (`torch.is_grad_enabled()`), unless its rate x rate sub-images would be smaller
+    than SPACE_TO_BATCH_MIN_BLOCK on a side; see the crossovers above.
     """
-    del x, kernel_size, dilation
+    del kernel_size
+    if (
+        dilation >= 2
+        and stride == 1
+        and x.shape[1] < SPACE_TO_BATCH_MAX_CHANNELS
+        and -(-min(x.shape[-2:]) // dilation) >= SPACE_TO_BATCH_MIN_BLOCK
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and _is_nchw(x)
+    ):
+        return "space_to_batch"
     return "native"
 
 
@@ -222,7 +244,7 @@ class AtrousConv2d(nn.Conv2d):
         rate = self.dilation[0]
         if self.impl != "auto":
             return atrous_conv2d(x, self.weight, self.bias, rate, self.stride[0], self.groups, impl=self.impl)
-        impl = choose_impl(x, self.kernel_size[0], rate)
+        impl = choose_impl(x, self.kernel_size[0], rate, self.stride[0])
         layout = choose_layout(x, self.kernel_size[0], rate)
         if layout is None or x.is_contiguous(memory_format=layout):
             return atrous_conv2d(x, self.weight, self.bias, rate, self.stride[0], self.groups, impl=impl)
