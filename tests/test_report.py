@@ -7,7 +7,14 @@ import math
 import pytest
 
 from atrous.report import claims
-from atrous.report.experiment import EVIDENCE, SMALL_PX, artifact_rate, small_recall
+from atrous.report.experiment import (
+    EVIDENCE,
+    REPLICATED,
+    SMALL_PX,
+    artifact_rate,
+    mean_metrics,
+    small_recall,
+)
 
 CLAIM_IDS = [
     "pooling_loses_small_objects",
@@ -114,6 +121,26 @@ def test_small_recall_and_artifact_by_hand():
     assert artifact_rate(pred, target) == pytest.approx(4 / 8)
 
 
+def test_mean_metrics_by_hand():
+    runs = [
+        {
+            "miou": 0.2,
+            "per_class": [0.0, 1.0],
+            "buckets": [{"max": 4, "objects": 3, "recall": 0.5}, {"max": None}],
+        },
+        {
+            "miou": 0.6,
+            "per_class": [1.0, 1.0],
+            "buckets": [{"max": 4, "objects": 3, "recall": None}, {"max": None}],
+        },
+    ]
+    mean = mean_metrics(runs)
+    assert mean["miou"] == pytest.approx(0.4) and mean["per_class"] == [0.5, 1.0]
+    # counts shared by the runs stay integers; a value missing in one run is missing in the mean
+    assert mean["buckets"] == [{"max": 4, "objects": 3, "recall": None}, {"max": None}]
+    assert mean_metrics(runs[:1]) == runs[0]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the quick demo's results.json
 # ----------------------------------------------------------------------------------------------------------
@@ -144,6 +171,12 @@ def test_results_json_structure(quick_demo):
         counts = this
         assert m["small_recall"] == pytest.approx(small_recall(buckets))
         assert m["erf95_side"] == 2 * m["erf_radius95"] + 1
+    for key in REPLICATED:  # trained more than once: accuracy is the mean over the runs
+        runs = results["models"][key]["replicates"]
+        assert len(runs) == results["budget"]["replicates"] >= 2
+        assert len({r["seed"] for r in runs}) == len(runs)
+        for field in ("miou", "small_recall"):
+            assert results["models"][key][field] == pytest.approx(sum(r[field] for r in runs) / len(runs))
     assert (
         results["models"]["fcn32s"]["output_stride"] == 32
         and results["models"]["fcn8s"]["output_stride"] == 8

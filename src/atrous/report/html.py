@@ -41,6 +41,32 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 """
 
 
+def _replicates(models: dict, small_px: int) -> list[str]:
+    """The per-run numbers of the models trained more than once (their other rows show the means)."""
+    rows = [
+        [
+            f"<b>{escape(key)}</b>",
+            str(run["seed"]),
+            _num(run["final_loss"]),
+            _num(run["miou"]),
+            _num(run["small_recall"]),
+        ]
+        for key, m in models.items()
+        for run in m.get("replicates", [])
+    ]
+    if not rows:
+        return []
+    keys = ", ".join(k for k, m in models.items() if "replicates" in m)
+    return [
+        f"<p>{escape(keys)}: trained once per seed below. Their accuracy numbers on this page (mIoU, recall) "
+        "are the means over these runs, because their recalls of small objects differ by about the "
+        "seed-to-seed spread; their cost, ERF and example predictions come from the first run's model.</p>",
+        _table(
+            ["model", "training seed", "final loss", "mIoU", f"recall < {small_px} px"], rows, "replicates"
+        ),
+    ]
+
+
 def render(results: dict) -> str:
     """The whole page as a string."""
     models = results["models"]
@@ -141,6 +167,7 @@ def render(results: dict) -> str:
         "<p>Every foreground connected component is an object; its recall is the fraction of its pixels "
         "predicted as its class; a bucket's recall is the mean over its objects (number in brackets).</p>",
         _table(["model", *[f"sqrt(area) {_bucket(b)}" for b in buckets]], rows, "recall"),
+        *_replicates(models, small_px),
         f"<img src='{figs['recall_by_size']}' alt='object recall by size'>",
         f"<img src='{figs['shapes_predictions']}' alt='shapes predictions'>",
     ]
