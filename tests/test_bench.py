@@ -45,6 +45,9 @@ def test_quick_bench_json_structure(quick_results):
         assert {"auto", "native", "space_to_batch", "dense"} <= set(r["median_s"])
         assert all(_is_time(t) for t in r["median_s"].values())
         assert r["ratio_to_dense"]["auto"] == pytest.approx(r["median_s"]["auto"] / r["median_s"]["dense"])
+        # auto runs exactly one measured column (timed through the auto module), over whole rotations
+        assert r["median_s"]["auto"] == r["median_s"][r["auto_measured_as"]]
+        assert r["repeats"] % (len(r["median_s"]) - 1) == 0
         flops = 2 * r["channels"] ** 2 * 9 * r["size"] ** 2 * (3 if r["pass"] == "fwd+bwd" else 1)
         assert r["gflops"]["dense"] == pytest.approx(flops / r["median_s"]["dense"] / 1e9)
     assert res["conv"]["ceiling_gflops"] == max(r["gflops"]["dense"] for r in rows if r["pass"] == "fwd")

@@ -178,11 +178,13 @@ def test_choose_impl_follows_the_documented_crossovers():
     assert choose_layout(wide, 3, 8) == torch.channels_last and choose_layout(nchw, 3, 8) is None
     with torch.no_grad():
         assert choose_impl(nchw, 3, 2) == "native"
+        assert choose_layout(nchw, 3, 4) == torch.channels_last and choose_layout(nchw, 3, 3) is None
+        assert choose_layout(cl, 3, 8) is None
 
 
 @pytest.mark.parametrize("channels", [5, SPACE_TO_BATCH_MAX_CHANNELS])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("rate", [1, 2, 8])
+@pytest.mark.parametrize("rate", [1, 2, 4, 8])
 def test_auto_matches_float64_reference_with_and_without_grad(channels, channels_last, rate):
     # every branch of the rule: native, space_to_batch (narrow NCHW with grad), the channels_last switch
     # (wide NCHW at rate >= 8); sizes that no rate divides

@@ -140,8 +140,10 @@ def atrous_conv2d(
 
 
 # Crossovers of `impl="auto"` on the CPU (oneDNN), from benchmarks/conv.py and the README's "Performance"
-# section. Forward only (no grad): channels_last inputs run the native kernel at every rate; wide NCHW layers
-# at large rates run faster converted to channels_last for the one convolution. Forward+backward in NCHW:
+# section. Forward only (no grad): channels_last inputs run the native kernel at every rate; NCHW inputs at
+# rates >= 4 run faster converted to channels_last for the one convolution (quiet grid, 64 ch at 128^2:
+# 1.22-1.39x dense against native's 1.39-1.66x; 256 ch at 64^2, rate 4: 1.08x against 1.31x), and so do
+# wide NCHW layers at rates >= 8 when a gradient is recorded too. Forward+backward in NCHW:
 # oneDNN's dilated backward is the slow path (quiet machine, 64 ch at 128^2: 1.6-2.9x the dense conv at
 # rates 2-16), while space_to_batch runs dense kernels only (1.1-1.3x at rates 2-8, 1.5-1.75x at 12-16
 # where the sub-images are 11x11 and 8x8), so narrow NCHW layers take it when a gradient is recorded; wide
@@ -151,6 +153,7 @@ def atrous_conv2d(
 # and of strided convolutions (it computes every output position, then subsamples).
 LAYOUT_SWITCH_RATE = 8  # NCHW, rate >= this ...
 LAYOUT_SWITCH_CHANNELS = 256  # ... and in_channels >= this: convert to channels_last for the convolution
+LAYOUT_SWITCH_RATE_NO_GRAD = 4  # NCHW without autograd recording, rate >= this: the same conversion
 SPACE_TO_BATCH_MAX_CHANNELS = 256  # NCHW with grad, stride 1, rate >= 2, in_channels below this ...
 SPACE_TO_BATCH_MIN_BLOCK = 8  # ... and sub-images (ceil(H / rate) x ceil(W / rate)) at least this wide
 
@@ -185,15 +188,15 @@ def choose_layout(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.mem
     """The memory format `impl="auto"` runs the convolution in: None keeps the input's; channels_last
     means an NCHW input (and the weight) is converted for the convolution and the output converted back,
     where benchmarks/conv.py measured that the conversion costs less than the NCHW kernel's slow path
-    (CPU, rate >= LAYOUT_SWITCH_RATE, in_channels >= LAYOUT_SWITCH_CHANNELS). Deterministic.
+    (CPU: rate >= LAYOUT_SWITCH_RATE and in_channels >= LAYOUT_SWITCH_CHANNELS, or rate >=
+    LAYOUT_SWITCH_RATE_NO_GRAD while autograd does not record). Deterministic.
     """
     del kernel_size
-    if (
-        dilation >= LAYOUT_SWITCH_RATE
-        and x.shape[1] >= LAYOUT_SWITCH_CHANNELS
-        and x.device.type == "cpu"
-        and _is_nchw(x)
-    ):
+    if x.device.type != "cpu" or not _is_nchw(x):
+        return None
+    if dilation >= LAYOUT_SWITCH_RATE and x.shape[1] >= LAYOUT_SWITCH_CHANNELS:
+        return torch.channels_last
+    if dilation >= LAYOUT_SWITCH_RATE_NO_GRAD and not torch.is_grad_enabled():
         return torch.channels_last
     return None
 
