@@ -135,7 +135,9 @@ def test_auto_rule_keeps_layout_values_and_gradients(channels, rate, grad):
         want = torch.autograd.grad(ref, (x64, w64), g)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
-    assert pick == ("native", torch.channels_last if rate >= 8 and channels >= 256 else None)
+    # 19x17 at rate >= 3: sub-images under 8x8, so no space_to_batch; the layout switch as documented
+    switch = (rate >= 8 and channels >= 256) or (rate >= 4 and not grad)
+    assert pick == ("native", torch.channels_last if switch else None)
 
 
 def test_space_to_batch_skips_taps_that_only_read_padding():
