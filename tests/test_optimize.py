@@ -138,3 +138,45 @@ def test_prepare_training_keeps_parameters_gradients_and_loss():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(ref.named_parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fused_bottlenecks_and_aspp_keep_outputs():
+    """ResNet-50 blocks and ASPP in their fused inference form (oneDNN conv + sum + ReLU into the shortcut,
+    ASPP projected branch by branch) against the unoptimised model, main and aux logits."""
+    from atrous.models.backbones.resnet import FusedBottleneck
+    from atrous.models.heads import FusedASPP
+
+    model = models.build("deeplabv3", 3, backbone="resnet50", width=0.0625, aux=True)
+    _randomise_bn(model)
+    opt = optimize(model, example_input=torch.randn(1, 3, 37, 29))
+    assert sum(isinstance(m, FusedBottleneck) for m in opt.modules()) == 16
+    assert sum(isinstance(m, FusedASPP) for m in opt.modules()) == 1
+    x = torch.randn(2, 3, 45, 39)
+    x_before = x.clone()
+    model.eval()
+    with torch.no_grad():
+        ref, ref_aux = (t.double() for t in model(x, aux=True))
+        got, got_aux = opt(x, aux=True)
+    assert torch.equal(x, x_before)  # the caller's input is never written into
+    for a, b in ((got, ref), (got_aux, ref_aux)):
+        assert float((a.double() - b).abs().max()) <= 1e-4 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("consume_input", [False, True])
+def test_fused_bottleneck_without_downsample(consume_input):
+    """A block whose shortcut is its input: a new map, or the sum written into the input when allowed."""
+    from atrous.models.backbones.resnet import Bottleneck, FusedBottleneck
+
+    block = Bottleneck(inplanes=16, planes=4, stride=1, dilation=2)
+    _randomise_bn(block)
+    x = torch.randn(1, 16, 13, 11)
+    fold_batchnorm(block.eval(), x)
+    fused = FusedBottleneck(block, consume_input=consume_input)
+    with torch.no_grad():
+        ref = block(x.clone())
+        x_in = x.clone()
+        got = fused(x_in)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert (got.data_ptr() == x_in.data_ptr()) == consume_input
+    if not consume_input:
+        assert torch.equal(x_in, x)

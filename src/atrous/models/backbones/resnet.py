@@ -87,6 +87,86 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
+class FusedBottleneck(nn.Module):
+    """Inference form of a `Bottleneck` whose BatchNorms are folded (see `fuse_for_inference`): the 1x1
+    convolutions run as oneDNN convolutions with the ReLU fused, and the last one adds its result to the
+    shortcut and applies the ReLU in the same pass, writing into the shortcut's buffer (the ops Inductor's
+    freezing emits, `torch.ops.mkldnn._convolution_pointwise`). Two passes over the (N, 4p, h, w) map and
+    one map of that size fewer per block: at output stride 8 those are the largest maps of the network.
+
+    `consume_input=True` lets a block without a downsampling shortcut write the sum into its input `x`;
+    only for blocks whose input nothing else reads (not a stage's first block, whose input may be a
+    returned feature). Inference only: the mkldnn operators have no autograd formula.
+    """
+
+    def __init__(self, block: Bottleneck, *, consume_input: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = block.conv1, block.conv2, block.conv3
+        self.downsample = None if block.downsample is None else block.downsample[0]
+        self.consume_input = consume_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _pointwise_conv(x, self.conv1, "relu")  # (N, p, h, w)
+        out = self.conv2(out).relu_()  # atrous: keeps cropping the taps that only read padding
+        w, b = self.conv3.weight, self.conv3.bias
+        conv_args = ([0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
+        if self.downsample is None and not self.consume_input:  # relu(conv3(out) + x) in a new map
+            return torch.ops.mkldnn._convolution_pointwise.binary(out, x, w, b, *conv_args)
+        shortcut = x if self.downsample is None else _pointwise_conv(x, self.downsample, "none")
+        # relu(conv3(out) + shortcut), written into shortcut: (N, 4p, h, w)
+        return torch.ops.mkldnn._convolution_pointwise_.binary(shortcut, out, w, b, *conv_args)
+
+
+def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, attr: str) -> torch.Tensor:
+    """A 1x1 nn.Conv2d as oneDNN's convolution with the pointwise op `attr` ("relu" or "none") fused."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, [0, 0], list(conv.stride), [1, 1], 1, attr, [], ""
+    )
+
+
+def _is_plain_1x1(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.groups == 1
+        and conv.bias is not None
+        and conv.weight.device.type == "cpu"
+        and conv.weight.dtype == torch.float32
+    )
+
+
+def _fusable(block: nn.Module) -> bool:
+    """A Bottleneck with every BatchNorm folded away (nn.Identity) and plain 1x1 convolutions."""
+    if type(block) is not Bottleneck:
+        return False
+    if not all(isinstance(bn, nn.Identity) for bn in (block.bn1, block.bn2, block.bn3)):
+        return False
+    if not (_is_plain_1x1(block.conv1) and _is_plain_1x1(block.conv3)):
+        return False
+    if block.downsample is None:
+        return True
+    return (
+        len(block.downsample) == 2
+        and _is_plain_1x1(block.downsample[0])
+        and isinstance(block.downsample[1], nn.Identity)
+    )
+
+
+def fuse_for_inference(model: nn.Module) -> int:
+    """Replace, in place, every Bottleneck of every `ResNet` in `model` whose BatchNorms are folded
+    (`atrous.optimize.fold_batchnorm`) by its `FusedBottleneck`; return how many. CPU float32 only."""
+    count = 0
+    for net in [m for m in model.modules() if isinstance(m, ResNet)]:
+        for name in STAGES:
+            stage = getattr(net, name)
+            for j, block in enumerate(stage):
+                if _fusable(block):
+                    stage[j] = FusedBottleneck(block, consume_input=j > 0)
+                    count += 1
+    return count
+
+
 def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and inplanes == outplanes:
         return None
