@@ -23,6 +23,7 @@ from atrous.models.backbones import (
     FeatureInfo,
     check_width,
     load_weights_file,
+    run_stages,
     scaled,
     wanted_features,
 )
@@ -133,15 +134,7 @@ class DRN(nn.Module):
     def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """The levels named in `features` (default: all eight); levels after the last one named do not run."""
         wanted = wanted_features(self.feature_info, features)
-        x = self.relu(self.bn1(self.conv1(x))) if self.arch == "C" else self.layer0(x)  # (N, 16w, H, W)
-        out = {}
-        for name in self.feature_info:
-            if len(out) == len(wanted):
-                break
-            # block by block, not through the level's forward, whose caller would keep the level's input
-            # alive until the last block (ResNet-50 OS8 at 512x512: layer3's 16 MiB through layer4)
-            for block in getattr(self, name):
-                x = block(x)
-            if name in wanted:
-                out[name] = x
-        return out
+        return run_stages(self, x, self._stem, list(self.feature_info), wanted)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x))) if self.arch == "C" else self.layer0(x)  # (N, 16w, H, W)

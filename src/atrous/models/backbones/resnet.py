@@ -25,6 +25,7 @@ from atrous.models.backbones import (
     FeatureInfo,
     check_width,
     load_weights_file,
+    run_stages,
     scaled,
     wanted_features,
 )
@@ -295,15 +296,7 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor, features: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """The stages named in `features` (default: all four); stages after the last one named do not run."""
         wanted = wanted_features(self.feature_info, features)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64w, H/4, W/4)
-        out = {}
-        for name in STAGES:
-            if len(out) == len(wanted):
-                break
-            # block by block, not through the stage's forward, whose caller would keep the stage's input
-            # alive until the last block (ResNet-50 OS8 at 512x512: layer3's 16 MiB through layer4)
-            for block in getattr(self, name):
-                x = block(x)
-            if name in wanted:
-                out[name] = x
-        return out
+        return run_stages(self, x, self._stem, STAGES, wanted)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64w, H/4, W/4)
