@@ -116,11 +116,6 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=False)
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-
-
 def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
     """Fold every eligible eval-mode BatchNorm2d of `model` (in place) into its conv; return how many."""
     pairs = [
@@ -130,7 +125,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
     ]
     for conv_name, bn_name in pairs:
         _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _set_submodule(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
     return len(pairs)
 
 

@@ -195,8 +195,7 @@ def fuse_aspp_for_inference(model: nn.Module) -> int:
     (`atrous.optimize.fold_batchnorm`) by its `FusedASPP`; return how many. CPU float32 only."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, ASPP) and _fusable_aspp(m)]
     for name, aspp in targets:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, FusedASPP(aspp))
+        model.set_submodule(name, FusedASPP(aspp))
     return len(targets)
 
 
