@@ -151,18 +151,21 @@ def test_empty_split_and_foreign_checkpoint(checkpoint, tmp_path, capsys):
     assert "foreign.pt" in err and len(err.splitlines()) == 1
 
 
-def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
+def write_folder(root, split_dir):
+    """The validation images of DATA as a folder data set: `split_dir`/{images,masks}/i.png and
+    root/classes.txt."""
     from PIL import Image
 
-    root = tmp_path / "flat"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
+    for sub in ("images", "masks"):
+        (split_dir / sub).mkdir(parents=True)
     for i, (image, mask) in enumerate(build_dataset(DATA, "val")):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask.numpy().astype(np.uint8)).save(root / "masks" / f"{i}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(split_dir / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy().astype(np.uint8)).save(split_dir / "masks" / f"{i}.png")
     (root / "classes.txt").write_text("\n".join(SHAPES) + "\n")
-    out = tmp_path / "flat.json"
-    args = [
+
+
+def eval_args(checkpoint, root, out):
+    return [
         "eval",
         "--checkpoint",
         str(checkpoint),
@@ -172,6 +175,12 @@ def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
         str(out),
         "--no-optimize",
     ]
+
+
+def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
+    root, out = tmp_path / "flat", tmp_path / "flat.json"
+    write_folder(root, root)
+    args = eval_args(checkpoint, root, out)
     assert main(args) == 0
     flat = json.loads(out.read_text())
     assert flat["split"] is None and flat["images"] == 3
@@ -181,28 +190,11 @@ def test_folder_without_splits_is_evaluated_whole(checkpoint, tmp_path):
 
 
 def test_skip_bad_leaves_out_and_counts_unreadable_pairs(checkpoint, tmp_path, capsys):
-    from PIL import Image
-
-    root = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (root / "val" / sub).mkdir(parents=True)
-    for i, (image, mask) in enumerate(build_dataset(DATA, "val")):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / "val" / "images" / f"{i}.png")
-        Image.fromarray(mask.numpy().astype(np.uint8)).save(root / "val" / "masks" / f"{i}.png")
-    (root / "classes.txt").write_text("\n".join(SHAPES) + "\n")
+    root, out = tmp_path / "data", tmp_path / "m.json"
+    write_folder(root, root / "val")
+    args = eval_args(checkpoint, root, out)
     bad = root / "val" / "images" / "1.png"
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
-    out = tmp_path / "m.json"
-    args = [
-        "eval",
-        "--checkpoint",
-        str(checkpoint),
-        "--data",
-        f"folder:{root}",
-        "--json",
-        str(out),
-        "--no-optimize",
-    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "1.png" in err and "--skip-bad" in err and len(err.splitlines()) == 1 and not out.exists()
