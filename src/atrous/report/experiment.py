@@ -275,9 +275,13 @@ def _rf_entry(model: nn.Module, size: int) -> dict:
     return {"rf": rf["rf"][0], "global": bool(rf.get("global", False)), "output_stride": model.output_stride}
 
 
-def measure(model: nn.Module, *, size: int, budget: Budget) -> dict:
+def measure(trained: nn.Module, *, size: int, budget: Budget) -> dict:
     """Theoretical RF, ERF radius, output stride, parameters, FLOPs, CPU latency and the small-object limit
-    (`atrous.analysis.small_object_limit`) at `size` x `size`."""
+    (`atrous.analysis.small_object_limit`) at `size` x `size`, on a fresh instance holding the trained
+    weights: what `atrous.load` gives predict and eval, without the training set-up's layout hooks."""
+    args = trained.build_args
+    model = models.build(args["name"], args["num_classes"], **args["options"]).eval()
+    model.load_state_dict(trained.state_dict())
     entry = _rf_entry(model, size)
     erf = analysis.erf(model, input_size=(size, size), samples=budget.erf_samples)
     entry["erf_radius50"] = erf["radius50"]
