@@ -108,6 +108,28 @@ def test_bad_option_values(name, opts, match):
         build(name, 3, **opts)
 
 
+def test_registry_raises_one_error_class():
+    """Every refusal of `build` is a ModelError: an AtrousError (one line for the CLI) and a ValueError;
+    a value the builder or a module rejects names the model and the options given."""
+    from atrous.errors import AtrousError, BadModelOption, ModelError, UnknownModel
+
+    with pytest.raises(UnknownModel) as unknown:
+        build("deeplab_v9", 3)
+    with pytest.raises(BadModelOption) as option:
+        build("deeplabv3", 3, outputstride=8)
+    with pytest.raises(BadModelOption) as value:
+        build("dilated_net", 3, rates=[1, 0])
+    with pytest.raises(BadModelOption) as kind:
+        build("dilated_net", 3, rates=5)  # tuple(5): a TypeError inside the builder
+    with pytest.raises(BadModelOption, match="num_classes"):
+        build("dilated_net", 0)
+    for e in (unknown, option, value, kind):
+        assert isinstance(e.value, ModelError) and isinstance(e.value, AtrousError)
+        assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+    assert str(value.value).startswith("model dilated_net (rates=[1, 0]): ")
+    assert "integers >= 1" in str(value.value)
+
+
 def test_describe_and_options():
     for name in available():
         line = describe(name)

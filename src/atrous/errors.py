@@ -19,3 +19,17 @@ class AtrousError(Exception):
             last = message.rstrip().splitlines()[-1]  # "atrous.errors.AtrousError: <message>"
             message = last.split(": ", 1)[1] if ": " in last else last
         super().__init__(message)
+
+
+class ModelError(AtrousError, ValueError):
+    """A model that cannot be built as asked (`atrous.models.build`). Also a `ValueError`, so that code
+    which catches the bad-argument `ValueError` of the modules keeps working; callers need not re-wrap it."""
+
+
+class UnknownModel(ModelError):
+    """`build(name)` with a name that is not registered; the message lists the valid names."""
+
+
+class BadModelOption(ModelError):
+    """An option name the model's builder does not take, or a value it rejects; the message names the
+    model, the option and what is valid."""

@@ -10,7 +10,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.errors import AtrousError
     from atrous.models import available, describe, options
     from atrous.models.zoo import MODELS
 
@@ -20,9 +19,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             print(f"{name:<{width}}  {describe(name)}")
         return 0
-    if args.name not in available():
-        raise AtrousError(f"unknown model {args.name!r}; valid names: {', '.join(available())}")
-    print(f"{args.name}: {describe(args.name)} ({MODELS[args.name].paper})")
+    print(f"{args.name}: {describe(args.name)} ({MODELS[args.name].paper})")  # UnknownModel lists the names
     for key, default in options(args.name).items():
         print(f"  {key}={default!r}")
     return 0

@@ -4,6 +4,16 @@ See `atrous.models.zoo` for the registry and the builders, `atrous.models.backbo
 DRN, `atrous.models.heads` for the heads and `atrous.models.segmenter` for how they are composed.
 """
 
+from atrous.errors import BadModelOption, ModelError, UnknownModel
 from atrous.models.zoo import available, build, describe, from_torchvision, options
 
-__all__ = ["available", "build", "describe", "from_torchvision", "options"]
+__all__ = [
+    "BadModelOption",
+    "ModelError",
+    "UnknownModel",
+    "available",
+    "build",
+    "describe",
+    "from_torchvision",
+    "options",
+]

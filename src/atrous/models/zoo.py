@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from atrous.errors import BadModelOption, UnknownModel
 from atrous.models.backbones import check_width, scaled
 from atrous.models.backbones.dilated_stack import DilatedStack
 from atrous.models.backbones.drn import ARCHS as DRN_ARCHS
@@ -400,7 +401,7 @@ def available() -> list[str]:
 
 def _entry(name: str) -> Entry:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise UnknownModel(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -436,10 +437,20 @@ def build(name: str, num_classes: int, **opts) -> Segmenter:
     valid = options(name)
     unknown = sorted(set(opts) - set(valid))
     if unknown:
-        raise ValueError(f"{name}: unknown option(s) {unknown}; valid options: {', '.join(valid)}")
+        raise BadModelOption(f"{name}: unknown option(s) {unknown}; valid options: {', '.join(valid)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    model = entry.builder(num_classes=num_classes, **opts)
+        raise BadModelOption(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
+    try:
+        model = entry.builder(num_classes=num_classes, **opts)
+    except (TypeError, ValueError) as e:
+        # the builders and modules check their arguments with ValueError (a TypeError for a value of the
+        # wrong kind, e.g. rates=5); the registry is the one place that names the model and its options
+        if isinstance(e, BadModelOption):
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "defaults"
+        raise BadModelOption(
+            f"model {name} ({given}): {e}; `atrous models {name}` lists its options"
+        ) from None
     kept = {k: _plain(v) for k, v in opts.items() if k != "pretrained_backbone"}
     model.build_args = {"name": name, "num_classes": num_classes, "options": kept}
     return model
