@@ -33,6 +33,7 @@ from atrous.models.heads import (
     RefinedHead,
     aspp_rates,
 )
+from atrous.models.poolnet import poolnet
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
 
 RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
@@ -390,6 +391,12 @@ MODELS: dict[str, Entry] = {
         dilated_net,
         "pooling-free stack of 3x3 dilated convs at full resolution, one per rate (gridding / HDC studies)",
         "Yu & Koltun 2016; Wang et al. 2018",
+    ),
+    "poolnet": Entry(
+        poolnet,
+        "dilated_net's conv stack with 2x2 pooling after its first k layers (output stride 2^k), bilinear, "
+        "learned deconvolution or DUC upsampling, optional ASPP or dilated-stack context head",
+        "Long et al. CVPR 2015 (pool-then-upsample); Wang et al. WACV 2018 (DUC)",
     ),
 }
 
