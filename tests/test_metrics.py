@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from atrous.metrics import SIZE_BUCKETS, ConfusionMatrix, ObjectRecall
+from atrous.metrics import (
+    SIZE_BUCKETS,
+    BoundaryIoU,
+    ConfusionMatrix,
+    ObjectRecall,
+    boundary_width,
+    default_object_classes,
+)
 
 
 def test_confusion_matrix_by_hand():
@@ -26,6 +33,9 @@ def test_confusion_matrix_by_hand():
     assert r["pixel_acc"] == pytest.approx(3 / 5)
     assert r["mean_acc"] == pytest.approx((1 / 2 + 2 / 2 + 0 / 1) / 3)
     assert r["fw_iou"] == pytest.approx(2 / 5 * 1 / 3 + 2 / 5 * 2 / 3 + 1 / 5 * 0)
+    # Dice = 2 TP / (gt + pred): class0 2/(2+2); class1 4/(2+3); class2 0/(1+0).
+    assert r["per_class_dice"] == pytest.approx([1 / 2, 4 / 5, 0.0])
+    assert r["dice"] == pytest.approx((1 / 2 + 4 / 5 + 0) / 3)
 
 
 def test_absent_class_is_none_and_left_out_of_miou():
@@ -46,6 +56,7 @@ def test_empty_matrix_gives_none():
     cm.update(torch.tensor([1, 0]), torch.tensor([255, 255]))
     r = cm.compute()
     assert r["miou"] is None and r["pixel_acc"] is None and r["per_class_iou"] == [None, None]
+    assert r["dice"] is None and r["per_class_dice"] == [None, None]
 
 
 def _brute_force(preds, targets, k, ignore):
@@ -55,13 +66,15 @@ def _brute_force(preds, targets, k, ignore):
             if tv != ignore:
                 mat[tv][pv] += 1
     total = sum(map(sum, mat))
-    ious, accs, fw = [], [], 0.0
+    ious, accs, dices, fw = [], [], [], 0.0
     for c in range(k):
         tp = mat[c][c]
         g = sum(mat[c])
         q = sum(mat[r][c] for r in range(k))
         union = g + q - tp
         ious.append(tp / union if union else None)
+        fp, fn = q - tp, g - tp
+        dices.append(2 * tp / (2 * tp + fp + fn) if union else None)
         if g:
             accs.append(tp / g)
             fw += g / total * tp / union
@@ -73,6 +86,8 @@ def _brute_force(preds, targets, k, ignore):
         "mean_acc": sum(accs) / len(accs),
         "per_class_iou": ious,
         "fw_iou": fw,
+        "per_class_dice": dices,
+        "dice": sum(d for d in dices if d is not None) / len(present),
     }
 
 
@@ -92,9 +107,10 @@ def test_against_brute_force_loops(seed):
     ref = _brute_force(preds, targets, k, 255)
     assert cm.mat.tolist() == ref["mat"]
     r = cm.compute()
-    for key in ("miou", "pixel_acc", "mean_acc", "fw_iou"):
+    for key in ("miou", "pixel_acc", "mean_acc", "fw_iou", "dice"):
         assert r[key] == pytest.approx(ref[key]), key
     assert r["per_class_iou"] == pytest.approx(ref["per_class_iou"])
+    assert r["per_class_dice"] == pytest.approx(ref["per_class_dice"])
 
 
 def test_out_of_range_labels_raise():
@@ -203,19 +219,174 @@ def test_object_recall_bad_label_raises():
         ObjectRecall(3).update(torch.zeros(4, 4, dtype=torch.long), torch.full((4, 4), 5))
 
 
+def test_default_object_classes():
+    # The background (by name, any case or padding) and the ignore index are no objects.
+    assert default_object_classes(["background", "cat", "dog"], 3, 255) == (1, 2)
+    assert default_object_classes([" Background", "cat"], 2, 255) == (1,)
+    # Cityscapes-like names without a background: every class.
+    assert default_object_classes(["road", "car"], 2, 255) == (0, 1)
+    # No names: every class except the ignore index (here an ordinary class id).
+    assert default_object_classes(None, 4, 255) == (0, 1, 2, 3)
+    assert default_object_classes(None, 4, 0) == (1, 2, 3)
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        default_object_classes(["a", "b"], 3, 255)
+
+
+def test_object_recall_object_classes_leave_out_the_background():
+    # The hand-made masks of test_object_recall_hand_made_masks: with objects of classes 1 and 2 only,
+    # the background's one object (1506 px, the [32, inf) bucket) is no longer counted.
+    target = torch.zeros((40, 40), dtype=torch.long)
+    target[1:3, 1:3] = 1
+    target[3, 3] = 1
+    target[10:15, 10:15] = 2
+    target[20:28, 20:28] = 1
+    pred = torch.zeros_like(target)
+    pred[1:3, 1:3] = 1
+    pred[10:15, 10:12] = 2
+    names = ["Background", "disc", "square"]
+    orc = ObjectRecall(3, object_classes=default_object_classes(names, 3, 255))
+    orc.update(pred, target)
+    out = orc.compute()
+    assert [b["objects"] for b in out] == [1, 1, 1, 0, 0]
+    assert [b["recall"] for b in out] == pytest.approx([4 / 5, 10 / 25, 0.0, None, None])
+    # Explicit "every class" is the earlier behaviour, and is what None means.
+    every = ObjectRecall(3, object_classes=range(3))
+    every.update(pred, target)
+    default = ObjectRecall(3)
+    default.update(pred, target)
+    assert every.compute() == default.compute()
+    assert [b["objects"] for b in every.compute()] == [1, 1, 1, 0, 1]
+    # Only class 2: one object.
+    only = ObjectRecall(3, object_classes=[2])
+    only.update(pred, target)
+    assert [b["objects"] for b in only.compute()] == [0, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="object_classes holds 3"):
+        ObjectRecall(3, object_classes=[1, 3])
+
+
+# ------------------------------------------------------------------------------------------ Boundary IoU
+
+
+def _brute_boundary(mask, d):
+    """Pixels of `mask` with a non-mask pixel, or a position outside the image, within chessboard
+    distance d (the paper's G_d & G, written as a loop over every pixel and its window)."""
+    h, w = len(mask), len(mask[0])
+    out = set()
+    for y in range(h):
+        for x in range(w):
+            if not mask[y][x]:
+                continue
+            near = any(
+                not (0 <= y + dy < h and 0 <= x + dx < w) or not mask[y + dy][x + dx]
+                for dy in range(-d, d + 1)
+                for dx in range(-d, d + 1)
+            )
+            if near:
+                out.add((y, x))
+    return out
+
+
+def _brute_boundary_iou(preds, targets, k, ignore, ratio):
+    inter, union = [0] * k, [0] * k
+    for p, t in zip(preds, targets):
+        p, t = p.tolist(), t.tolist()
+        h, w = len(t), len(t[0])
+        d = max(1, round(ratio * math.sqrt(h * h + w * w)))
+        valid = {(y, x) for y in range(h) for x in range(w) if t[y][x] != ignore}
+        for c in range(k):
+            gb = _brute_boundary([[v == c for v in row] for row in t], d) & valid
+            pb = _brute_boundary([[v == c for v in row] for row in p], d) & valid
+            inter[c] += len(gb & pb)
+            union[c] += len(gb | pb)
+    return [i / u if u else None for i, u in zip(inter, union)]
+
+
+def test_boundary_iou_by_hand():
+    # 5x5 image: d = max(1, round(0.02 * 7.07)) = 1.
+    # gt:   class 1 is the 3x3 square rows 1-3, cols 1-3; its boundary is the ring of 8 (the centre (2, 2)
+    #       has all 8 neighbours in the mask). pred: the square shifted right to cols 2-4: ring of 8
+    #       without (2, 3). Common ring pixels: (1,2) (1,3) (3,2) (3,3) -> class 1: 4 / (8 + 8 - 4) = 1/3.
+    # class 0: every background pixel touches the border or the square, so the boundaries are the whole
+    #       backgrounds: gt's 16-pixel frame, pred's cols 0-1 and rows 0, 4 (16 px); common: rows 0, 4 and
+    #       (1..3, 0) = 13 -> 13 / (16 + 16 - 13) = 13/19.
+    target = torch.zeros((5, 5), dtype=torch.long)
+    target[1:4, 1:4] = 1
+    pred = torch.zeros_like(target)
+    pred[1:4, 2:5] = 1
+    assert boundary_width(5, 5, 0.02) == 1
+    b = BoundaryIoU(2)
+    b.update(pred, target)
+    r = b.compute()
+    assert r["per_class_boundary_iou"] == pytest.approx([13 / 19, 1 / 3])
+    assert r["boundary_iou"] == pytest.approx((13 / 19 + 1 / 3) / 2)
+    # An ignored pixel, (0, 0), leaves both the intersection and the union of class 0: 12 / 18.
+    target[0, 0] = 255
+    b = BoundaryIoU(2)
+    b.update(pred, target)
+    assert b.compute()["per_class_boundary_iou"] == pytest.approx([12 / 18, 1 / 3])
+
+
+def test_boundary_width_follows_the_diagonal():
+    assert boundary_width(60, 80, 0.02) == 2  # diagonal 100
+    assert boundary_width(300, 400, 0.02) == 10  # diagonal 500
+    assert boundary_width(8, 6, 0.02) == 1  # round(0.2) = 0, at least 1
+    assert boundary_width(30, 40, 0.05) == 2  # round(2.5) is 2, as Python's round in the reference
+
+
+def _blobs(g, n, h, w, k):
+    # Piecewise-constant label maps (nearest-upsampled random grids): regions with contours, not noise.
+    coarse = torch.randint(0, k, (n, 1, h // 4 + 1, w // 4 + 1), generator=g).float()
+    up = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="nearest")[:, 0, :h, :w]
+    return up.long()
+
+
+@pytest.mark.parametrize(("h", "w", "ratio"), [(9, 11, 0.02), (30, 40, 0.1), (17, 23, 0.2)])
+def test_boundary_iou_against_brute_force(h, w, ratio):
+    g = torch.Generator().manual_seed(h)
+    k = 3
+    targets = _blobs(g, 3, h, w, k)
+    targets[torch.rand(targets.shape, generator=g) < 0.05] = 255
+    preds = _blobs(g, 3, h, w, k)
+    assert boundary_width(h, w, ratio) == max(1, round(ratio * math.hypot(h, w)))
+    b = BoundaryIoU(k, dilation_ratio=ratio)
+    b.update(preds[:2], targets[:2])  # a batch, then one image: the counts add up over the data set
+    b.update(preds[2], targets[2])
+    ref = _brute_boundary_iou(preds, targets, k, 255, ratio)
+    r = b.compute()
+    assert r["per_class_boundary_iou"] == pytest.approx(ref)
+    present = [v for v in ref if v is not None]
+    assert r["boundary_iou"] == pytest.approx(sum(present) / len(present))
+
+
+def test_boundary_iou_empty_and_bad_input():
+    b = BoundaryIoU(3)
+    b.update(torch.zeros((4, 4), dtype=torch.long), torch.zeros((4, 4), dtype=torch.long))
+    r = b.compute()
+    # Only class 0 is anywhere; its boundary (the frame) matches exactly.
+    assert r == {"boundary_iou": 1.0, "per_class_boundary_iou": [1.0, None, None]}
+    assert BoundaryIoU(2).compute() == {"boundary_iou": None, "per_class_boundary_iou": [None, None]}
+    with pytest.raises(ValueError, match="label 5"):
+        BoundaryIoU(3).update(torch.zeros((4, 4), dtype=torch.long), torch.full((4, 4), 5))
+    with pytest.raises(ValueError, match="dilation_ratio"):
+        BoundaryIoU(3, dilation_ratio=0)
+
+
 def _ddp_worker(rank, world, init_file, queue):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     cm = ConfusionMatrix(3)
     orc = ObjectRecall(3)
+    biou = BoundaryIoU(3)
     t = torch.tensor([[0, 1], [2, 2]]) if rank == 0 else torch.tensor([[1, 1], [0, 255]])
     p = torch.tensor([[0, 1], [2, 0]]) if rank == 0 else torch.tensor([[1, 0], [0, 0]])
     cm.update(p, t)
     orc.update(p, t)
+    biou.update(p, t)
     cm.all_reduce()
     orc.all_reduce()
-    queue.put((rank, cm.mat.tolist(), orc.compute()))
+    biou.all_reduce()
+    queue.put((rank, cm.mat.tolist(), orc.compute(), biou.compute()))
     dist.destroy_process_group()
 
 
@@ -235,13 +406,15 @@ def test_all_reduce_sums_over_two_processes(tmp_path):
             if proc.is_alive():
                 proc.kill()
     # Single-process reference on both images.
-    cm, orc = ConfusionMatrix(3), ObjectRecall(3)
+    cm, orc, biou = ConfusionMatrix(3), ObjectRecall(3), BoundaryIoU(3)
     for t, p in [
         (torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [2, 0]])),
         (torch.tensor([[1, 1], [0, 255]]), torch.tensor([[1, 0], [0, 0]])),
     ]:
         cm.update(p, t)
         orc.update(p, t)
-    for _, mat, rec in results:
+        biou.update(p, t)
+    for _, mat, rec, boundary in results:
         assert mat == cm.mat.tolist()
         assert rec == orc.compute()
+        assert boundary == biou.compute()

@@ -6,18 +6,29 @@ references and the definitions of Long, Shelhamer & Darrell, "Fully Convolutiona
 Segmentation" (CVPR 2015, section 5). The matrix is a plain sum, so data-parallel evaluation reduces it
 with one `all_reduce`.
 
+The same matrix gives the Dice coefficient (F1 score) per class, 2 TP / (2 TP + FP + FN).
+
 Object recall by size is the small-object metric of this project: every 8-connected ground-truth
-component of every class is an object; its recall is the fraction of its pixels predicted as its class;
-objects are grouped by sqrt(area) into `SIZE_BUCKETS` and a bucket's recall is the mean over its objects.
-mIoU is dominated by large regions, so this is where the loss of small objects to coarse output strides
-and gridding shows up (Yu & Koltun 2016; Wang et al., "Understanding Convolution for Semantic
-Segmentation", WACV 2018).
+component of an *object class* is an object; its recall is the fraction of its pixels predicted as its
+class; objects are grouped by sqrt(area) into `SIZE_BUCKETS` and a bucket's recall is the mean over its
+objects. Which classes hold objects is explicit (`object_classes`); `default_object_classes` gives the
+documented default, every class except the ignore index and a class named "background". mIoU is dominated
+by large regions, so this is where the loss of small objects to coarse output strides and gridding shows
+up (Yu & Koltun 2016; Wang et al., "Understanding Convolution for Semantic Segmentation", WACV 2018).
+
+Boundary IoU (Cheng, Girshick, Dollar, Berg & Kirillov, "Boundary IoU: Improving Object-Centric Image
+Segmentation Evaluation", CVPR 2021) scores only the pixels near each mask's contour, which is what a coarse
+output stride costs first and what mIoU barely sees. See `BoundaryIoU`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 # sqrt(area) buckets in pixels: [min, max), max None = open-ended.
@@ -34,6 +45,24 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         )
     if pred.is_floating_point() or target.is_floating_point():
         raise ValueError("pred and target must be integer tensors of class indices (take logits.argmax(1))")
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def _check_labels(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    # A label outside [0, K) that is not the ignore index would be dropped silently by every count.
+    valid = target != ignore_index
+    if not bool(valid.any()):
+        return
+    t_min, t_max = target[valid].aminmax()
+    if int(t_min) < 0 or int(t_max) >= num_classes:
+        bad = int(t_min) if int(t_min) < 0 else int(t_max)
+        raise ValueError(
+            f"target holds label {bad}, outside 0..{num_classes - 1} and not ignore_index {ignore_index}"
+        )
 
 
 def _dist_device() -> torch.device:
@@ -59,9 +88,8 @@ class ConfusionMatrix:
     (a dropped pixel would make every metric quietly wrong).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    def __init__(self, num_classes: int, *, ignore_index: int = 255) -> None:
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mat = torch.zeros((num_classes, num_classes), dtype=torch.int64)
@@ -110,8 +138,8 @@ class ConfusionMatrix:
     def compute(self) -> dict:
         """Metrics as plain Python values (JSON-able).
 
-        `per_class_iou[c]` is None for a class absent from both ground truth and prediction; mIoU is the
-        mean over the other classes. Mean accuracy averages over classes present in the ground truth.
+        `per_class_iou[c]` and `per_class_dice[c]` are None for a class absent from both ground truth and
+        prediction; `miou` and `dice` are the means over the other classes. Mean accuracy averages over classes present in the ground truth.
         With no counted pixel at all every value is None.
         """
         h = self.mat.detach().cpu().to(torch.float64)
@@ -121,6 +149,10 @@ class ConfusionMatrix:
         union = gt + pr - tp
         total = float(h.sum())
         per_class = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(self.num_classes)]
+        # Dice / F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (gt + pred); defined where IoU is (union > 0).
+        per_class_dice = [
+            float(2 * tp[c] / (gt[c] + pr[c])) if union[c] > 0 else None for c in range(self.num_classes)
+        ]
         if total == 0:
             return {
                 "miou": None,
@@ -128,6 +160,8 @@ class ConfusionMatrix:
                 "mean_acc": None,
                 "per_class_iou": per_class,
                 "fw_iou": None,
+                "dice": None,
+                "per_class_dice": per_class_dice,
             }
         present = union > 0
         in_gt = gt > 0
@@ -138,20 +172,52 @@ class ConfusionMatrix:
             "mean_acc": float((tp[in_gt] / gt[in_gt]).mean()),
             "per_class_iou": per_class,
             "fw_iou": float(((gt / total) * iou).sum()),
+            "dice": sum(d for d in per_class_dice if d is not None) / int(present.sum()),
+            "per_class_dice": per_class_dice,
         }
+
+
+def default_object_classes(
+    class_names: list[str] | tuple[str, ...] | None, num_classes: int, ignore_index: int = 255
+) -> tuple[int, ...]:
+    """The documented default object population: every class id in [0, num_classes) except the ignore
+    index and a class named "background" (case-insensitive; VOC's class 0 is named so, Cityscapes has
+    none). Without class names (None) every class except the ignore index counts."""
+    _check_num_classes(num_classes)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for {num_classes} classes: give one name per class, or None"
+        )
+    return tuple(
+        c
+        for c in range(num_classes)
+        if c != ignore_index and (class_names is None or class_names[c].strip().lower() != "background")
+    )
 
 
 class ObjectRecall:
     """Recall of ground-truth objects grouped by size (see the module docstring).
 
+    `object_classes` is the set of class ids whose connected regions are objects. None counts every class
+    (the background's regions too: the behaviour before the population was explicit); pass
+    `default_object_classes(class_names, num_classes, ignore_index)` for the documented default that
+    leaves out a class named "background". Regions of the other classes are not counted as objects.
+
     `update(pred, target)` takes one image (H, W) or a batch (N, H, W); components never cross images.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    def __init__(
+        self, num_classes: int, *, ignore_index: int = 255, object_classes: Iterable[int] | None = None
+    ) -> None:
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        if object_classes is None:
+            object_classes = range(num_classes)
+        self.object_classes = tuple(sorted({int(c) for c in object_classes}))
+        bad = [c for c in self.object_classes if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"object_classes holds {bad[0]}, outside the class ids 0..{num_classes - 1}")
         self.recall_sum = torch.zeros(len(SIZE_BUCKETS), dtype=torch.float64)
         self.objects = torch.zeros(len(SIZE_BUCKETS), dtype=torch.int64)
         # Upper edges of the closed buckets: np.digitize(side, edges) is the bucket index.
@@ -171,23 +237,17 @@ class ObjectRecall:
             raise ValueError(
                 f"ObjectRecall.update expects (H, W) or (N, H, W), got shape {tuple(target.shape)}"
             )
+        _check_labels(target, self.num_classes, self.ignore_index)
         t = target.detach().cpu().numpy()
         p = pred.detach().cpu().numpy()
         valid = t != self.ignore_index
         if not valid.any():
             return
-        t_min, t_max = int(t[valid].min()), int(t[valid].max())
-        if t_min < 0 or t_max >= self.num_classes:
-            bad = t_min if t_min < 0 else t_max
-            raise ValueError(
-                f"target holds label {bad}, outside 0..{self.num_classes - 1} "
-                f"and not ignore_index {self.ignore_index}"
-            )
         # One pass finds each class's bounding box (labels shifted by one: 0 = ignored), so the per-class
         # work below runs on that box only instead of the whole image.
         boxes = ndimage.find_objects(np.where(valid, t + 1, 0), max_label=self.num_classes)
         for c, box in enumerate(boxes):
-            if box is None:
+            if box is None or c not in self.object_classes:
                 continue
             labels, n = ndimage.label(t[box] == c, structure=_EIGHT_CONNECTED)
             flat = labels.ravel()
@@ -218,3 +278,90 @@ class ObjectRecall:
         for (lo, hi), s, n in zip(SIZE_BUCKETS, self.recall_sum.tolist(), self.objects.tolist()):
             out.append({"min": lo, "max": hi, "objects": int(n), "recall": (s / n) if n else None})
         return out
+
+
+def boundary_width(height: int, width: int, dilation_ratio: float) -> int:
+    """Boundary IoU's d in pixels: round(dilation_ratio * image diagonal), at least 1 (Python's round, as
+    the reference implementation, bowenc0221/boundary-iou-api)."""
+    return max(1, round(dilation_ratio * math.hypot(height, width)))
+
+
+def mask_boundary(masks: torch.Tensor, d: int) -> torch.Tensor:
+    """The inner boundary band of binary masks (N, H, W) bool: the mask pixels within chessboard distance d
+    of a pixel outside the mask, the image border counting as outside. This is the reference's
+    `mask - erode(pad(mask, 1, value=0), 3x3 kernel, d iterations)`: d 3x3 erosions are one erosion by a
+    (2d+1) square, done here as two separable max-pools over the complement (O(d) per pixel, any device)."""
+    outside = (~masks).to(torch.float32).unsqueeze(1)  # (N, 1, H, W), 1 = not mask
+    outside = F.pad(outside, (d, d, d, d), value=1.0)  # beyond the border counts as outside
+    near = F.max_pool2d(outside, kernel_size=(2 * d + 1, 1), stride=1)
+    near = F.max_pool2d(near, kernel_size=(1, 2 * d + 1), stride=1).squeeze(1)  # (N, H, W)
+    return masks & (near > 0)
+
+
+class BoundaryIoU:
+    """Boundary IoU per class, summed over the data set like mIoU (Cheng et al., CVPR 2021).
+
+    For class c in each image, G = (target == c) and P = (pred == c); their boundary regions G_d and P_d
+    are the pixels of the mask within d = max(1, round(dilation_ratio * image diagonal)) pixels of its
+    contour (`mask_boundary`; the image border is a contour). The class's intersection |G_d & P_d| and
+    union |G_d | P_d| are counted over pixels whose target is not `ignore_index` and summed over every
+    image; `per_class_boundary_iou[c]` = intersection / union (None when the union is empty) and
+    `boundary_iou` is the mean over the other classes. The default ratio 0.02 is the paper's.
+    """
+
+    def __init__(self, num_classes: int, *, ignore_index: int = 255, dilation_ratio: float = 0.02) -> None:
+        _check_num_classes(num_classes)
+        if not dilation_ratio > 0:
+            raise ValueError(f"dilation_ratio must be positive (the paper uses 0.02), got {dilation_ratio!r}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.dilation_ratio = dilation_ratio
+        # Row 0: intersections, row 1: unions, per class (pixel counts).
+        self.counts = torch.zeros((2, num_classes), dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.counts = torch.zeros_like(self.counts)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one image (H, W) or a batch (N, H, W) of equal-sized images (d follows their size)."""
+        _check_pair(pred, target)
+        if target.dim() == 2:
+            pred, target = pred.unsqueeze(0), target.unsqueeze(0)
+        if target.dim() != 3:
+            raise ValueError(
+                f"BoundaryIoU.update expects (H, W) or (N, H, W), got shape {tuple(target.shape)}"
+            )
+        _check_labels(target, self.num_classes, self.ignore_index)
+        pred = pred.to(target.device)
+        d = boundary_width(target.shape[1], target.shape[2], self.dilation_ratio)
+        valid = target != self.ignore_index
+        counts = torch.zeros((2, self.num_classes), dtype=torch.int64, device=target.device)
+        # One class at a time keeps memory at a few (N, H, W) planes whatever the number of classes.
+        for c in range(self.num_classes):
+            gt_c, pr_c = target == c, pred == c
+            if not bool((gt_c | pr_c).any()):
+                continue
+            gb = mask_boundary(gt_c, d) & valid
+            pb = mask_boundary(pr_c, d) & valid
+            counts[0, c] = (gb & pb).sum()
+            counts[1, c] = (gb | pb).sum()
+        self.counts += counts.cpu()
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes when torch.distributed is initialised (else a no-op)."""
+        if not _dist_ready():
+            return
+        import torch.distributed as dist
+
+        counts = self.counts.to(_dist_device())
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        self.counts = counts.cpu()
+
+    def compute(self) -> dict:
+        inter, union = self.counts.tolist()
+        per_class = [i / u if u > 0 else None for i, u in zip(inter, union)]
+        present = [v for v in per_class if v is not None]
+        return {
+            "boundary_iou": sum(present) / len(present) if present else None,
+            "per_class_boundary_iou": per_class,
+        }
