@@ -279,3 +279,46 @@ def test_maps_with_different_jumps_merge_into_a_superset():
         for axis, (first, last) in zip(meta.axes, box):
             lo, hi = axis.interval(o)
             assert lo <= first and last <= hi, o
+
+
+class _Forward(nn.Module):
+    """Calls `layer.forward` directly: no module hook fires, so the tracer sees only the functional calls."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return type(self.layer).forward(self.layer, x)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(4, 4, 3, padding="same", dilation=2),
+        nn.Conv2d(4, 4, (3, 5), stride=(2, 1), padding=(1, 2)),
+        nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1),  # channel-mixing: a learned upsampling
+        nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=4),  # per-channel: interpolation only
+        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.AvgPool2d(2),
+        nn.AdaptiveAvgPool2d((5, 7)),
+        nn.Upsample(scale_factor=2, mode="bilinear"),
+        nn.Upsample(size=(17, 19), mode="bicubic", align_corners=True),
+        nn.PixelShuffle(2),
+        nn.PixelUnshuffle(2),
+    ],
+    ids=lambda layer: repr(layer),
+)
+def test_module_and_functional_forms_share_one_rule(layer):
+    """The layer handled whole from its attributes (module hook) and its forward's functional calls give the
+    same metadata and row, behind a strided stem (so periodic patterns and the detail are exercised); the
+    module form matches brute force at the output's centre."""
+    stem = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    whole, functional = nn.Sequential(stem, layer), nn.Sequential(stem, _Forward(layer))
+    a, b = trace(whole, (40, 44)), trace(functional, (40, 44))
+    assert a.meta[a.output] == b.meta[b.output]
+    row_a, row_b = a.rows[-1], b.rows[-1]
+    assert row_a.pop("name") == "1" and row_b.pop("name").startswith("1:")  # "1:conv2d"
+    assert row_a == row_b
+    h, w = a.output.shape[-2:]
+    _check_against_brute_force(whole, (40, 44), [(h // 2, w // 2)], in_channels=4)
