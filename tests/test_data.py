@@ -259,7 +259,7 @@ def test_stems_match_across_unicode_normalisation_and_duplicates_are_named(tmp_p
 
 
 def test_image_modes_are_read_as_rgb(tmp_path):
-    from atrous.data.datasets import read_image
+    from atrous.data.io import read_image
 
     rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")

@@ -19,7 +19,9 @@ from PIL import Image
 from torch import nn
 
 from atrous._io import atomic_path
-from atrous.data.datasets import standard_palette
+from atrous.data import standard_palette
+from atrous.data.io import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported (the one list: atrous.data.io)
+from atrous.data.io import as_rgb_array, find_images, read_image
 from atrous.errors import AtrousError
 from atrous.inference import Infer, whole_image
 
@@ -76,49 +78,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     return model.eval().to(device)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# images in
-# ----------------------------------------------------------------------------------------------------------
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as a uint8 `(H, W, 3)` RGB array; an unusable file raises `AtrousError`."""
-    path = Path(path)
-    fix = "replace or remove it (or pass --skip-bad to skip unreadable images)"
-    if not path.is_file():
-        raise AtrousError(f"{path}: no such image file; check the path")
-    if path.stat().st_size == 0:
-        raise AtrousError(f"{path}: the file is empty (0 bytes), not an image; {fix}")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            if im.width == 0 or im.height == 0:
-                raise AtrousError(f"{path}: the image is {im.width}x{im.height} pixels; {fix}")
-            rgb = im.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise AtrousError(f"{path}: too large to decode safely ({e}); downscale it first") from None
-    except Image.UnidentifiedImageError:
-        raise AtrousError(f"{path}: not an image file PIL can read (PNG, JPEG, ...); {fix}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated data, bad chunks, unsupported modes
-        raise AtrousError(f"{path}: unreadable or truncated image ({e}); {fix}") from None
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def as_rgb_array(image: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
-    """A PIL image, a uint8 `(H, W, 3)` array or an image path as a uint8 `(H, W, 3)` array."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ValueError(
-                f"image arrays must be uint8 (H, W, 3) RGB with H, W >= 1, got {image.dtype} {image.shape}"
-            )
-        return image
-    raise ValueError(
-        f"image must be a PIL image, a uint8 (H, W, 3) array or a path, got {type(image).__name__}"
-    )
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -151,15 +110,17 @@ def predict(
     *,
     probabilities: bool = False,
     infer: Infer = whole_image,
+    intensity: str = "auto",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image with a model from `atrous.load`.
 
     Returns int64 `(H, W)` class indices at the image's size; with `probabilities=True` also the float32
     `(K, H, W)` softmax probabilities. `infer` picks the strategy (`atrous.inference.SlidingWindow`,
-    `MultiScaleFlip`, or the default whole-image pass).
+    `MultiScaleFlip`, or the default whole-image pass); `intensity` the rule for 16-bit grey images
+    (`atrous.data.io`: auto, full, minmax, percentile).
     """
     meta = _meta(model)
-    rgb = as_rgb_array(image)
+    rgb = as_rgb_array(image, intensity=intensity)
     was_training = model.training
     model.eval()  # BatchNorm's running statistics and no dropout, whatever mode the caller left it in
     try:
@@ -199,9 +160,6 @@ def overlay_image(
 # ----------------------------------------------------------------------------------------------------------
 # many files: the loop behind `atrous predict`
 # ----------------------------------------------------------------------------------------------------------
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
 @dataclass(frozen=True)
 class FileResult:
     """What happened to one input: `status` is "written", "existing" (kept, --skip-existing) or "bad"
@@ -210,45 +168,6 @@ class FileResult:
     source: Path
     status: str
     detail: str = ""
-
-
-def find_images(inputs: list[str | os.PathLike], out: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Expand files and folders into `(image file, output name)` pairs, in a stable order.
-
-    A file given by name is taken whatever its suffix (and reported if it is no image); folders are walked
-    recursively for image suffixes, without following directory symlinks (no loops) and skipping `out`
-    itself (so predictions written into an input folder are never read back as inputs). The output name is
-    the path relative to its folder (the file name for a file) with the suffix `.png`; two inputs with the
-    same output name are refused before anything is written.
-    """
-    out_dir = Path(out).resolve()
-    pairs: list[tuple[Path, Path]] = []
-    for item in inputs:
-        root = Path(item)
-        if root.is_dir():
-            for folder, dirs, files in os.walk(root):
-                dirs[:] = sorted(d for d in dirs if (Path(folder) / d).resolve() != out_dir)
-                for name in sorted(files):
-                    path = Path(folder) / name
-                    if path.suffix.lower() in IMAGE_SUFFIXES:
-                        pairs.append((path, path.relative_to(root).with_suffix(".png")))
-        elif root.exists():
-            pairs.append((root, Path(root.name).with_suffix(".png")))
-        else:
-            raise AtrousError(f"{root}: no such file or folder; give image files or folders of images")
-    if not pairs:
-        raise AtrousError(
-            f"no images found in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})"
-        )
-    seen: dict[Path, Path] = {}
-    for source, name in pairs:
-        if name in seen:
-            raise AtrousError(
-                f"{seen[name]} and {source} would both be written as {name}: rename one, or predict them "
-                "into separate --out folders"
-            )
-        seen[name] = source
-    return pairs
 
 
 def output_paths(out: str | os.PathLike, name: Path) -> tuple[Path, Path]:
@@ -267,13 +186,15 @@ def predict_files(
     skip_bad: bool = False,
     infer: Infer = whole_image,
     alpha: float = 0.5,
+    intensity: str = "auto",
 ):
     """Predict every image in `inputs` (files or folders) into `out`, one image at a time.
 
     Yields a `FileResult` per image, in order; memory use does not grow with the number of images (nothing
     is kept between images). Each output PNG is written atomically, the class-index PNG first and the
     overlay last, so an image is finished exactly when both exist: `skip_existing` skips those. An
-    unreadable image raises `AtrousError`, or with `skip_bad` is yielded as "bad" and skipped.
+    unreadable image raises `AtrousError`, or with `skip_bad` is yielded as "bad" and skipped. `intensity`:
+    the 16-bit grey image rule of `atrous.data.io.read_image`.
     """
     meta = _meta(model)
     for source, name in find_images(inputs, out):
@@ -282,7 +203,7 @@ def predict_files(
             yield FileResult(source, "existing")
             continue
         try:
-            rgb = read_image(source)
+            rgb = read_image(source, intensity=intensity)
         except AtrousError as e:
             if not skip_bad:
                 raise

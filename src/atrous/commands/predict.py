@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="warn about unreadable images and go on (counted at the end) instead of stopping",
     )
     parser.add_argument(
+        "--intensity",
+        default="auto",
+        choices=("auto", "full", "minmax", "percentile"),
+        help="16-bit grey images to 8 bits: auto (kept when they fit in 8 bits, else scaled by the file's "
+        "max), full (/257), minmax or percentile (1-99.8 %%, as microscopy tools) per file",
+    )
+    parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)"
     )
 
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         infer=infer,
         alpha=args.alpha,
+        intensity=args.intensity,
     )
     with tqdm(results, total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True) as bar:
         for result in bar:

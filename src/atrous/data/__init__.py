@@ -1,27 +1,67 @@
-"""Data sets and paired transforms: `build_dataset("folder:ROOT" | "voc:ROOT" | "cityscapes:ROOT" |
-"synthetic:NAME?key=value", split)`; see the README's Data section."""
+"""Data sets and paired transforms: `build_dataset("KIND:PATH?key=value&...", split)`.
 
-from atrous.data.datasets import (
-    IGNORE_INDEX,
-    KINDS,
-    DataError,
-    SegmentationDataset,
-    available_splits,
-    build_dataset,
-    parse_spec,
-)
+Kinds: `folder`, `voc`, `cityscapes`, `synthetic`, `mmseg`, `ade20k`, `camvid` (see `atrous.data.spec` for
+the grammar and the options every spec takes). The layouts are a plain dict built here from the layout
+modules, which import only `base`/`io`/`labels`: no registry and no import circle. `io` is the one image
+and mask reader of atrous; `check` finds what users get wrong in their masks before training.
+"""
+
+from atrous.data import ade20k, camvid, cityscapes, folder, mmseg, voc
+from atrous.data.base import SegmentationDataset, likely_split, standard_palette
+from atrous.data.io import IGNORE_INDEX, IMAGE_SUFFIXES, DataError, read_image, read_mask
+from atrous.data.labels import LabelConvention, encode_prediction
+from atrous.data.spec import available_splits_in, build_from, parse_spec
 from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+# kind -> layout module (`synthetic` is generated, not read: `atrous.data.synthetic`).
+LAYOUTS = {
+    "folder": folder,
+    "voc": voc,
+    "cityscapes": cityscapes,
+    "mmseg": mmseg,
+    "ade20k": ade20k,
+    "camvid": camvid,
+}
+KINDS = ("folder", "voc", "cityscapes", "synthetic", "mmseg", "ade20k", "camvid")
+_BY_KIND = {kind: LAYOUTS.get(kind) for kind in KINDS}  # the order error messages list them in
+
+
+def build_dataset(
+    spec: str, split: str | None = None, *, transform=None, skip_bad: bool = False, num_classes=None
+):
+    """The data set named by `spec` (`KIND:PATH?key=value&...`) for `split`.
+
+    `num_classes`, when given, must agree with the data set's own class list (VOC 21, Cityscapes 19, ADE20K
+    150, CamVid 11, synthetic per task, a classes or palette file); for `folder:`/`mmseg:` data without a
+    class list it sets the number of classes and spares the scan of every mask. Bad files raise a
+    one-line `DataError`, or with `skip_bad` are left out with a warning.
+    """
+    return build_from(_BY_KIND, spec, split, transform=transform, skip_bad=skip_bad, num_classes=num_classes)
+
+
+def available_splits(spec: str) -> list[str]:
+    """The splits a data set offers (e.g. ["train", "val"]); [] for a folder without split folders."""
+    return available_splits_in(_BY_KIND, spec)
+
 
 __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
     "KINDS",
+    "LAYOUTS",
     "DataError",
+    "LabelConvention",
     "SegmentationDataset",
     "available_splits",
     "build_dataset",
+    "encode_prediction",
     "eval_transform",
+    "likely_split",
     "parse_spec",
+    "read_image",
+    "read_mask",
+    "standard_palette",
     "train_transform",
 ]

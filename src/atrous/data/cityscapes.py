@@ -14,15 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from atrous.data.datasets import (
-    IGNORE_INDEX,
-    DataError,
-    SegmentationDataset,
-    check_dir,
-    list_dirs,
-    list_files,
-    pair_up,
-)
+from atrous.data.base import SegmentationDataset, pair_up
+from atrous.data.io import IGNORE_INDEX, DataError, check_dir, list_dirs, list_files
+from atrous.data.labels import LabelConvention
 
 # (name, labelId, colour) of the 19 evaluated classes, in trainId order (cityscapesScripts labels.py).
 _TRAIN_CLASSES = [
@@ -52,12 +46,17 @@ PALETTE = [colour for _, _, colour in _TRAIN_CLASSES]
 LABEL_TO_TRAIN = np.full(256, IGNORE_INDEX, dtype=np.int64)
 for _train_id, (_, _label_id, _) in enumerate(_TRAIN_CLASSES):
     LABEL_TO_TRAIN[_label_id] = _train_id
+# The same table as the data set's label convention (written back by `atrous predict`).
+CONVENTION = LabelConvention(
+    values={label_id: train_id for train_id, (_, label_id, _) in enumerate(_TRAIN_CLASSES)},
+    unlisted_ignored=True,
+)
 
 _IMAGE_SUFFIX = "_leftImg8bit"
 _MASK_SUFFIX = "_gtFine_labelIds"
 
 
-def splits(root: Path) -> list[str]:
+def splits(root: Path, options: dict | None = None) -> list[str]:
     check_dir(root, "Cityscapes folder")
     images = check_dir(root / "leftImg8bit", "Cityscapes leftImg8bit folder")
     return [d.name for d in list_dirs(images) if (root / "gtFine" / d.name).is_dir()]
@@ -68,7 +67,7 @@ def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
     out = {}
     for city in list_dirs(folder):
         for stem, path in list_files(city, (f"{suffix}.png",)).items():
-            out[f"{city.name}/{stem[: -len(suffix)]}"] = path
+            out[f"{city.name}/{stem}"] = path  # list_files strips the whole suffix
     return out
 
 
@@ -76,19 +75,23 @@ def build(
     root: Path,
     split: str | None,
     *,
+    options: dict,
+    labels,
     transform: Callable | None = None,
     skip_bad: bool = False,
     num_classes: int | None = None,
+    intensity: str = "auto",
 ) -> SegmentationDataset:
     available = splits(root)
+    classes, palette = labels.classes(CLASSES, PALETTE)
     if split is None or split not in available:
         what = (
             "needs a split" if split is None else f"has no split {split!r} (with both leftImg8bit and gtFine)"
         )
         raise DataError(f"cityscapes:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
-    if num_classes is not None and num_classes != len(CLASSES):
+    if num_classes is not None and num_classes != len(classes):
         raise DataError(
-            f"cityscapes:{root} has {len(CLASSES)} classes but num_classes={num_classes}: drop num_classes"
+            f"cityscapes:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
         )
     image_dir = root / "leftImg8bit" / split
     mask_dir = check_dir(root / "gtFine" / split, "Cityscapes gtFine split folder")
@@ -105,11 +108,12 @@ def build(
     return SegmentationDataset(
         name=name,
         pairs=pairs,
-        classes=CLASSES,
-        palette=PALETTE,
+        classes=classes,
+        palette=palette,
         transform=transform,
         skip_bad=skip_bad,
         skipped=skipped,
-        label_map=LABEL_TO_TRAIN,
+        convention=labels.convention,
+        intensity=intensity,
         label_fix="gtFine labelIds are 8-bit (0..33): use the *_gtFine_labelIds.png files",
     )

@@ -4,6 +4,8 @@ Challenge", IJCV 2010).
 Layout: `ROOT/JPEGImages/<id>.jpg`, `ROOT/SegmentationClass/<id>.png` (palette PNGs: the palette index is
 the label, 255 = the ignored object borders) and `ROOT/ImageSets/Segmentation/<split>.txt` (one id per
 line; train, val, trainval). ROOT may also be the `VOCdevkit` folder or the folder above it.
+A CVAT "Segmentation mask 1.1" export has this layout with RGB masks and a `labelmap.txt`:
+`voc:EXPORT?palette=labelmap.txt` reads it (its classes are the label map's).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.datasets import DataError, SegmentationDataset, check_dir, pair_up, standard_palette
+from atrous.data.base import SegmentationDataset, pair_up, standard_palette
+from atrous.data.io import SKIP_HINT, DataError, check_dir
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -31,7 +34,7 @@ def _resolve(root: Path) -> Path:
     )
 
 
-def splits(root: Path) -> list[str]:
+def splits(root: Path, options: dict | None = None) -> list[str]:
     base = _resolve(root) / "ImageSets" / "Segmentation"
     return sorted(p.stem for p in base.glob("*.txt") if not p.name.startswith("."))
 
@@ -40,18 +43,22 @@ def build(
     root: Path,
     split: str | None,
     *,
+    options: dict,
+    labels,
     transform: Callable | None = None,
     skip_bad: bool = False,
     num_classes: int | None = None,
+    intensity: str = "auto",
 ) -> SegmentationDataset:
     base = _resolve(root)
+    classes, palette = labels.classes(CLASSES, PALETTE)
     available = splits(root)
     if split is None or split not in available:
         what = "needs a split" if split is None else f"has no split {split!r}"
         raise DataError(f"voc:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
-    if num_classes is not None and num_classes != len(CLASSES):
+    if num_classes is not None and num_classes != len(classes):
         raise DataError(
-            f"voc:{root} has {len(CLASSES)} classes but num_classes={num_classes}: drop num_classes"
+            f"voc:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
         )
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     try:
@@ -69,10 +76,7 @@ def build(
     if missing:
         msg = f"{list_file} lists {missing[0]!r} ({len(missing)} id(s) in all) with neither image nor mask"
         if not skip_bad:
-            raise DataError(
-                msg
-                + ": restore the files or remove the ids (or skip bad files (eval --skip-bad, train --set data.skip_bad=true))"
-            )
+            raise DataError(msg + f": restore the files or remove the ids ({SKIP_HINT.lstrip(', ')})")
     pairs, skipped = pair_up(
         images,
         masks,
@@ -84,10 +88,12 @@ def build(
     return SegmentationDataset(
         name=f"voc:{root} split {split!r}",
         pairs=pairs,
-        classes=CLASSES,
-        palette=PALETTE,
+        classes=classes,
+        palette=palette,
         transform=transform,
         skip_bad=skip_bad,
         skipped=skipped,
+        convention=labels.convention,
         label_fix="VOC labels are 0..20 and 255: restore the original SegmentationClass PNG",
+        intensity=intensity,
     )

@@ -1,0 +1,74 @@
+"""`mmseg:ROOT`: mmsegmentation's custom data set layout (`CustomDataset` / `BaseSegDataset`).
+
+Layout: `ROOT/<img_dir>/<split>/<name><img_suffix>` with `ROOT/<ann_dir>/<split>/<name><seg_map_suffix>`;
+the splits are the sub-folders present in both. Options (mmsegmentation's names and defaults):
+`img_dir=img_dir`, `ann_dir=ann_dir`, `img_suffix=.jpg`, `seg_map_suffix=.png` (e.g. `_labelTrainIds.png`).
+Classes as for `folder:` (a classes file at ROOT, `num_classes`, or a scan); mmsegmentation's
+`reduce_zero_label` is the spec option of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from atrous.data.base import SegmentationDataset, require_split
+from atrous.data.classes import paired_folder, resolve_classes
+from atrous.data.io import DataError, check_dir, list_dirs
+
+OPTIONS = {"img_dir": "img_dir", "ann_dir": "ann_dir", "img_suffix": ".jpg", "seg_map_suffix": ".png"}
+
+
+def splits(root: Path, options: dict) -> list[str]:
+    check_dir(root, "mmseg data folder")
+    images = check_dir(root / options["img_dir"], f"mmseg image folder (img_dir={options['img_dir']})")
+    return [d.name for d in list_dirs(images) if (root / options["ann_dir"] / d.name).is_dir()]
+
+
+def build(
+    root: Path,
+    split: str | None,
+    *,
+    options: dict,
+    labels,
+    transform: Callable | None = None,
+    skip_bad: bool = False,
+    num_classes: int | None = None,
+    intensity: str = "auto",
+) -> SegmentationDataset:
+    available = splits(root, options)
+    split = require_split(f"mmseg:{root}", split, available)
+    image_dir = root / options["img_dir"] / split
+    mask_dir = root / options["ann_dir"] / split
+    mask_suffix = str(options["seg_map_suffix"])
+    names, palette, label_fix = resolve_classes(
+        root,
+        num_classes=num_classes,
+        palette_names=labels.palette_names,
+        mask_dirs=[root / options["ann_dir"] / s for s in available],
+        mask_suffix=mask_suffix,
+        convention=labels.convention,
+        skip_bad=skip_bad,
+    )
+    pairs, skipped = paired_folder(
+        image_dir,
+        mask_dir,
+        image_suffixes=(str(options["img_suffix"]),),
+        mask_suffix=mask_suffix,
+        skip_bad=skip_bad,
+    )
+    name = f"mmseg:{root} split {split!r}"
+    if not pairs and not skipped:
+        raise DataError(f"{name} is empty: no *{options['img_suffix']} image in {image_dir} with a mask")
+    return SegmentationDataset(
+        name=name,
+        pairs=pairs,
+        classes=names,
+        palette=palette,
+        transform=transform,
+        skip_bad=skip_bad,
+        skipped=skipped,
+        convention=labels.convention,
+        label_fix=label_fix,
+        intensity=intensity,
+    )
