@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from atrous.cli import main
 
 
@@ -114,3 +116,64 @@ def test_erf_command_from_a_checkpoint_over_its_data(tiny_checkpoint, tmp_path, 
     assert data["samples"] == 2 and data["model"].startswith("dilated_net from ")
     assert data["rf"] == [33, 33]  # rates 1,2,5,1,2,5 (the checkpoint's model, not a default one)
     assert "images of synthetic:shapes" in capsys.readouterr().out
+
+
+_NO_WORK = "receptive field"  # printed by rf after its trace; also no table, heat-map or plan line
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["rf", "dilated_net", "--json", "{out}"], "--json"),
+        (["grid", "--rates", "1,2,5", "--png", "{out}"], "--png"),
+        (["grid", "--model", "dilated_net", "--json", "{out}"], "--json"),
+        (["grid", "--valid-weights", "65", "--png", "{out}"], "--png"),
+        (["hdc", "plan", "--json", "{out}"], "--json"),
+        (["erf", "dilated_net", "--samples", "1", "--png", "{out}"], "--png"),
+        (["objects", "--data", "synthetic:shapes?n=2&size=32", "--json", "{out}"], "--json"),
+    ],
+)
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_unwritable_output_is_one_line_before_the_work(tmp_path, capsys, monkeypatch, argv, flag, where):
+    """An output whose folder is a file, or which is itself a folder, stops the command with exit 2 and
+    one line naming the flag and the path, before the model, the data or the search is touched."""
+    import atrous.analysis
+    import atrous.models
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the expensive work started before the output was checked")
+
+    for module, name in [
+        (atrous.models, "build"),
+        (atrous.analysis, "hdc_plan"),
+        (atrous.analysis, "coverage"),
+    ]:
+        monkeypatch.setattr(module, name, must_not_run)
+    monkeypatch.setattr("atrous.analysis.valid_weight_curve", must_not_run)
+    monkeypatch.setattr("atrous.data.build_dataset", must_not_run)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "file.txt" / "sub" / "out.x" if where == "under_a_file" else tmp_path / "folder"
+    assert main([a.replace("{out}", str(out)) for a in argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and flag in err and str(out) in err
+    assert ("is a file, not a folder" if where == "under_a_file" else "is a folder: give a file name") in err
+    assert _NO_WORK not in captured.out and "---" not in captured.out
+    assert not list((tmp_path / "folder").iterdir())  # nothing written, no probe left behind
+
+
+def test_a_missing_output_folder_is_created(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "rf.json"
+    assert main(["rf", "dilated_net", "--opt", "rates=1,2", "--size", "33", "33", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rf"] == [7, 7]  # 3 + 2*2 (rates 1, 2)
+    # the write check leaves no probe file behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["rf.json"]
+
+
+def test_model_errors_come_from_the_registry_unwrapped(capsys):
+    """`build()` raises ModelError (an AtrousError and a ValueError) in one line; the diagnostics pass it
+    through as it is (no second wrap), exit code 2."""
+    assert main(["grid", "--model", "dilated_net", "--opt", "rates=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.count("model dilated_net") == 1 and "rates" in err

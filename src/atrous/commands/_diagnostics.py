@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
+from pathlib import Path
 
 from atrous.errors import AtrousError
 
@@ -30,17 +33,42 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool
 
 
 def build_model(name: str, options: list[str], num_classes: int):
-    """`atrous.models.build` with `--opt` options; user errors become one-line AtrousErrors."""
+    """`atrous.models.build` with `--opt` options (its errors are already one-line `ModelError`s)."""
     from atrous import models
     from atrous.config import parse_kv_list
 
-    opts = parse_kv_list(options)
-    if name not in models.available():
-        raise AtrousError(f"unknown model {name!r}; valid names: {', '.join(models.available())}")
-    try:
-        return models.build(name, num_classes, **opts)
-    except (TypeError, ValueError) as e:
-        raise AtrousError(f"model {name} with --opt {' '.join(options) or '(none)'}: {e}") from None
+    return models.build(name, num_classes, **parse_kv_list(options))
+
+
+def check_outputs(**paths) -> None:
+    """Stop in one line, before any expensive work, when an output cannot be written.
+
+    Keywords are the flags (`json="out/rf.json"` for `--json`); None means the flag was not given. Missing
+    folders are fine (the atomic writer creates them); the nearest existing one is probed by creating and
+    removing a temporary file in it, which is the only test a read-only mount or root's permissions answer
+    truthfully.
+    """
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise AtrousError(
+                f"--{flag} {path} is a folder: give a file name, e.g. --{flag} {target / ('out.' + flag)}"
+            )
+        folder = target.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise AtrousError(f"--{flag} {path}: {folder} is a file, not a folder; choose another path")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".atrous-write-check-", dir=folder)
+        except OSError as e:
+            raise AtrousError(
+                f"--{flag} {path}: cannot write in {folder} ({e.strerror}); choose another path"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def check_size(size) -> tuple[int, int]:

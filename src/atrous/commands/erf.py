@@ -42,9 +42,10 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import erf
     from atrous.analysis.erf import plot_erf
-    from atrous.commands._diagnostics import check_size, write_json
+    from atrous.commands._diagnostics import check_outputs, check_size, write_json
     from atrous.errors import AtrousError
 
+    check_outputs(png=args.png, json=args.json)
     size = check_size(args.size)
     if args.samples < 1:
         raise AtrousError(f"--samples {args.samples}: give 1 or more")

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.analysis import coverage, coverage_model
     from atrous.commands._diagnostics import (
         build_model,
+        check_outputs,
         check_size,
         fmt_float,
         parse_rates,
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from atrous.errors import AtrousError
 
+    check_outputs(png=args.png, json=args.json)
     if args.valid_weights is not None:
         return _valid_weights(args)
     if bool(args.rates) == bool(args.model):

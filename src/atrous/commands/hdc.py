@@ -22,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import hdc_check, hdc_plan
-    from atrous.commands._diagnostics import fmt_float, parse_rates, table, write_json
+    from atrous.commands._diagnostics import check_outputs, fmt_float, parse_rates, table, write_json
     from atrous.errors import AtrousError
+
+    check_outputs(json=args.json)
 
     if args.hdc_command == "check":
         rates = parse_rates(args.rates)

@@ -25,10 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import erf, object_sizes, objects_at_risk, receptive_field
-    from atrous.commands._diagnostics import table, write_json
+    from atrous.commands._diagnostics import check_outputs, table, write_json
     from atrous.data import build_dataset
     from atrous.errors import AtrousError
     from atrous.metrics import SIZE_BUCKETS
+
+    check_outputs(png=args.png, json=args.json)
 
     ds = build_dataset(args.data, args.split)
     if len(ds) == 0:

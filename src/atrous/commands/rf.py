@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import receptive_field
-    from atrous.commands._diagnostics import build_model, check_size, pair, table, write_json
+    from atrous.commands._diagnostics import build_model, check_outputs, check_size, pair, table, write_json
 
+    check_outputs(json=args.json)
     size = check_size(args.size)
     model = build_model(args.model, args.opt, args.num_classes)
     r = receptive_field(model, size)
