@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from atrous._io import atomic_path
-from atrous.data import standard_palette
+from atrous.data import LabelConvention, encode_prediction, standard_palette
 from atrous.data.io import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported (the one list: atrous.data.io)
 from atrous.data.io import as_rgb_array, find_images, read_image
 from atrous.errors import AtrousError
@@ -37,6 +37,9 @@ class ModelMeta:
     palette: list[tuple[int, int, int]]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # How the training data's mask files store the classes (`atrous.data.LabelConvention.to_dict`), so that
+    # `predict_files` writes masks back the same way; None (checkpoints without it): class indices.
+    label_convention: dict | None = None
 
 
 def meta_from_checkpoint(ck: dict) -> ModelMeta:
@@ -54,6 +57,7 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
         palette=palette,
         mean=tuple(float(v) for v in normalize["mean"]),
         std=tuple(float(v) for v in normalize["std"]),
+        label_convention=ck.get("label_convention"),
     )
 
 
@@ -148,6 +152,16 @@ def label_image(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> Imag
     return Image.fromarray(labels.astype(np.uint16))
 
 
+def mask_image(labels: np.ndarray, meta: ModelMeta) -> Image.Image:
+    """The predicted mask as the training data stored its masks (e.g. 0/255 for `map=0:0,255:1`, k+1 for
+    `reduce_zero_label`, colours for a palette file: `atrous.data.encode_prediction`), or `label_image`
+    when the data stored class indices."""
+    convention = meta.label_convention
+    if convention is None or LabelConvention.from_dict(convention).identity:
+        return label_image(labels, meta.palette)
+    return Image.fromarray(encode_prediction(labels, convention))
+
+
 def overlay_image(
     rgb: np.ndarray, labels: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5
 ) -> Image.Image:
@@ -173,7 +187,8 @@ class FileResult:
 def output_paths(out: str | os.PathLike, name: Path) -> tuple[Path, Path]:
     """`(class-index PNG, colour overlay PNG)` for output name `name`: `out/masks/name`, `out/overlays/name`.
 
-    The masks folder holds 8-bit class indices, as the `folder:` data format's masks."""
+    The masks folder holds 8-bit class indices, as the `folder:` data format's masks, or the training data's
+    own mask values when its checkpoint records a label convention (`mask_image`)."""
     return Path(out) / "masks" / name, Path(out) / "overlays" / name
 
 
@@ -209,9 +224,9 @@ def predict_files(
                 raise
             yield FileResult(source, "bad", str(e))
             continue
-        labels = predict(model, rgb, infer=infer)
+        labels = predict(model, rgb, infer=infer)  # rgb is already 8-bit: intensity applied by read_image
         for path, image in (
-            (mask_path, label_image(labels, meta.palette)),
+            (mask_path, mask_image(labels, meta)),
             (overlay_path, overlay_image(rgb, labels, meta.palette, alpha)),
         ):
             with atomic_path(path) as tmp:

@@ -12,8 +12,8 @@ in this order to every mask pixel:
 3. `reduce_zero_label` (mmsegmentation's name): 0 -> 255 (ignore), k -> k-1; 255 stays 255.
 
 `encode_prediction(labels, convention)` inverts the three steps, so that `atrous predict` writes masks in
-the data's own convention: each class goes back to the smallest stored value that decodes to it, in the
-palette's colour for colour masks.
+the data's own convention: each class goes back to the value the map names for it (else the smallest
+stored value that decodes to it), in the palette's colour for colour masks.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ def colours_to_index(rgb: np.ndarray, palette: Sequence[Colour], path: Path) -> 
 def encode_prediction(labels: np.ndarray, convention: LabelConvention | Mapping | None) -> np.ndarray:
     """Class indices (H, W) -> the data's own mask values: the inverse of `LabelConvention`'s steps.
 
-    Each class becomes the smallest stored value that decodes to it (e.g. with `map=0:0,255:1`, class 1 ->
-    255; with `reduce_zero_label`, k -> k+1). Returns uint8 (uint16 when a value exceeds 255) `(H, W)`
+    Each class becomes the stored value the value map names for it (the smallest, if several), else the
+    smallest unlisted value that decodes to it (e.g. with `map=255:1`, class 1 -> 255, not 1; with
+    `reduce_zero_label`, k -> k+1). Returns uint8 (uint16 when a value exceeds 255) `(H, W)`
     values, or for a colour convention uint8 `(H, W, 3)` colours of the palette. A class no stored value
     decodes to is an error.
     """
@@ -156,7 +157,8 @@ def encode_prediction(labels: np.ndarray, convention: LabelConvention | Mapping 
                 f"class {int(c)} has no stored value under the data's convention ({convention.describe()}): "
                 "cannot write it back"
             )
-        inverse[c] = sources[0]
+        listed = [v for v in sources.tolist() if v in convention.values]
+        inverse[c] = min(listed) if listed else sources[0]
     raw = inverse[labels]
     if convention.palette is not None:
         return np.asarray(convention.palette, np.uint8)[raw]
