@@ -14,7 +14,7 @@ from atrous.cli import main
 from atrous.config import from_dict, load_config
 from atrous.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, eval_transform
 from atrous.data.synthetic import SHAPES_CLASSES, SHAPES_PALETTE
-from atrous.engine import evaluate
+from atrous.evaluate import evaluate
 from atrous.models import build
 
 # Two quick steps of the tiny model; tests add --out and what they check.
@@ -147,7 +147,18 @@ def test_init_from_reinitialises_the_classifier(tiny_checkpoint, tmp_path, capsy
     assert tuned["state_dict"]["head.weight"].shape[0] == 2
     # Another model is refused.
     assert (
-        main([*QUICK, "--model", "fcn_resnet", "--init-from", str(tiny_checkpoint), "--out", str(out)]) == 2
+        main(
+            [
+                *QUICK,
+                "--model",
+                "fcn_resnet",
+                "--init-from",
+                str(tiny_checkpoint),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
     )
     assert "holds a dilated_net model, not fcn_resnet" in capsys.readouterr().err
 

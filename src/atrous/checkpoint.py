@@ -13,7 +13,13 @@ Format version 1:
      "state_dict": {str: Tensor}, "classes": [str], "palette": [[r, g, b]],
      "normalize": {"mean": [float] * 3, "std": [float] * 3},
      "config": dict (the resolved training config),
-     "metrics": dict (optional), "train_state": dict (optional, for exact resume)}
+     "metrics": dict (optional), "train_state": dict (optional, for exact resume),
+     "provenance": dict (optional: where the initial weights came from, e.g. pretrained_backbone)}
+
+Checkpoints are self-contained: model options that only say where initial weights came from
+(`PROVENANCE_OPTIONS`, e.g. `pretrained_backbone=PATH`) are moved out of `model.options` into `provenance`
+when a checkpoint is written, and left out when a model is rebuilt, so a moved or deleted pretrained file
+never stops `eval`, `predict`, `export` or `atrous.load`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,28 @@ from atrous.errors import AtrousError
 FORMAT = "atrous-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("model", "state_dict", "classes", "palette", "normalize", "config")
+# Model options that name a source of initial weights: recorded, never needed to rebuild the model.
+PROVENANCE_OPTIONS = ("pretrained_backbone",)
+
+
+def without_provenance(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` less the ones that only say where initial weights came from."""
+    return {k: v for k, v in options.items() if k not in PROVENANCE_OPTIONS}
+
+
+def model_payload(
+    *, name: str, num_classes: int, options: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The model part of a checkpoint: rebuild spec (provenance options split off) and NCHW CPU weights."""
+    payload: dict[str, Any] = {
+        "model": {"name": name, "num_classes": num_classes, "options": without_provenance(options)},
+        # contiguous(): channels_last training weights are stored in the plain NCHW layout.
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+    }
+    provenance = {k: v for k, v in options.items() if k in PROVENANCE_OPTIONS}
+    if provenance:
+        payload["provenance"] = provenance
+    return payload
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -142,7 +170,8 @@ def build_model_from_checkpoint(
     from atrous import models
 
     spec = ck["model"]
-    name, num_classes, options = spec["name"], spec["num_classes"], spec["options"]
+    # Older checkpoints kept provenance options in model.options: the weights are in the file anyway.
+    name, num_classes, options = spec["name"], spec["num_classes"], without_provenance(spec["options"])
     if expect_name is not None and name != expect_name:
         raise AtrousError(
             f"{source} holds a {name!r} model, not {expect_name!r}: use a {expect_name} checkpoint"

@@ -90,7 +90,9 @@ class DataConfig:
     val: str | None = None
     train_split: str | None = "train"
     val_split: str | None = "val"
-    crop_size: int = 321
+    # Square training crop; None: derived from the training images (their median short side, capped at
+    # 321: atrous.train.data).
+    crop_size: int | None = None
     # Random rescaling range of the training images (DeepLab's 0.5-2.0).
     scale: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
@@ -137,7 +139,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
     threads: int | None = None
     amp: bool = False
-    out: str = "runs/train"
+    # The run folder; None: a fresh runs/<model>-<YYYYmmdd-HHMMSS>.
+    out: str | None = None
     # Save DIR/last.pt every this many steps as well as at the end of every epoch (0: epochs only).
     checkpoint_every: int = 0
     # Validate (and update best.pt) every this many epochs; the last epoch is always validated.

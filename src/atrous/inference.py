@@ -1,7 +1,7 @@
 """Inference strategies: whole-image, sliding-window, and multi-scale + flip.
 
 Each strategy is an `infer(model, images) -> logits` callable on normalised `(N, 3, H, W)` float images
-returning `(N, K, H, W)` logits at the input size; `atrous.engine.evaluate(..., infer=...)` and
+returning `(N, K, H, W)` logits at the input size; `atrous.evaluate.evaluate(..., infer=...)` and
 `atrous.predict(..., infer=...)` take one.
 
 - `whole_image`: one forward pass over the full image (what the models are built for: any H, W).

@@ -1,7 +1,7 @@
 """`atrous eval`: evaluate a checkpoint on a data set (whole image, sliding window, or multi-scale + flip).
 
 Every number comes from `atrous.metrics` (one confusion matrix; object recall by size) through
-`atrous.engine.evaluate`.
+`atrous.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from atrous._io import atomic_write_text
     from atrous.data import available_splits, build_dataset, eval_transform
-    from atrous.engine import evaluate
+    from atrous.evaluate import evaluate
     from atrous.errors import AtrousError
     from atrous.inference import describe
 

@@ -42,19 +42,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, metavar="B", help="global batch size (split over processes)"
     )
     parser.add_argument("--lr", type=float, metavar="X", help="base learning rate")
-    parser.add_argument("--crop", type=int, metavar="S", help="training crop size (pixels, square)")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        metavar="S",
+        help="training crop size (pixels, square; default: the median short side of the training images, "
+        "at most 321)",
+    )
     parser.add_argument(
         "--seed", type=int, metavar="S", help="seed of initialisation, data order, augmentation"
     )
     parser.add_argument("--workers", type=int, metavar="N", help="data loader worker processes")
     parser.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
-    parser.add_argument("--out", metavar="DIR", help="run folder: config.yaml, last.pt, best.pt, metrics.csv")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder: config.yaml, last.pt, best.pt, metrics.csv (default: a fresh runs/MODEL-TIMESTAMP)",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in DIR from its newest intact "
+        help="continue the run in DIR (--out) from its newest intact "
         "checkpoint (its saved config.yaml is the base when no CONFIG is given)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in DIR even if it holds one: the old run's checkpoints, config, metrics and "
+        "TensorBoard events are removed",
     )
     parser.add_argument(
         "--init-from",
@@ -97,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from atrous.config import load_config, parse_kv_list
-    from atrous.engine import CONFIG_YAML, train
+    from atrous.errors import AtrousError
+    from atrous.train import CONFIG_YAML, fit
 
     overrides: dict = {}
     for flag, key in _FLAGS.items():
@@ -112,14 +129,31 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({f"model.options.{k}": v for k, v in parse_kv_list(args.opt, "--opt").items()})
     overrides.update(parse_kv_list(args.set, "--set"))
 
+    if args.resume and args.overwrite:
+        raise AtrousError("--resume continues the run in --out, --overwrite replaces it: give one of them")
     source = args.config
+    if args.resume and args.out is None:
+        raise AtrousError("--resume needs --out DIR: the run folder to continue")
     if source is None and args.resume:
         # Continue a run as it was configured, unless told otherwise.
-        saved = (
-            Path(args.out if args.out is not None else load_config(None, overrides).train.out) / CONFIG_YAML
-        )
+        saved = Path(args.out) / CONFIG_YAML
         if saved.is_file():
             source = saved
+            _check_same_model(saved, args.model)
     config = load_config(source, overrides)
-    train(config, resume=args.resume)
+    fit(config, resume=args.resume, overwrite=args.overwrite)
     return 0
+
+
+def _check_same_model(saved, model: str | None) -> None:
+    """`--resume --model OTHER`: say that a resumed run keeps its model (before OTHER meets the saved
+    run's model options, which it would not know)."""
+    from atrous.config import load_config
+    from atrous.errors import AtrousError
+
+    held = load_config(saved).model.name
+    if model is not None and model != held:
+        raise AtrousError(
+            f"{saved.parent} holds a {held} run: --resume continues it with its own model (drop --model "
+            f"{model}), or start a new {model} run with another --out"
+        )

@@ -5,7 +5,8 @@ segmentation references: random scale (0.5 to 2.0), random crop padded with the 
 flip, then normalisation. transforms v2 dispatches on the tensor type, so one call moves an
 `tv_tensors.Image` and its `tv_tensors.Mask` together and always resizes masks with nearest neighbour
 (a bilinear mask would invent labels between classes); crop padding fills images with 0 and masks with
-255 so padded pixels are ignored by the loss and the metrics.
+the ignore index (255 unless the run chose another) so padded pixels are ignored by the loss and the
+metrics.
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ def train_transform(
     color_jitter: float = 0.2,
     mean: Sequence[float],
     std: Sequence[float],
+    ignore_index: int = 255,
 ) -> PairTransform:
-    """Random scale, random crop of `crop_size` (padded with 0 / 255 where the scaled image is smaller),
+    """Random scale, random crop of `crop_size` (padded with 0 / `ignore_index` where the scaled image is
+    smaller),
     horizontal flip, colour jitter (brightness, contrast and saturation by up to +-`color_jitter`; hue is
     left alone because colour can define a class) and normalisation."""
     size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
@@ -119,7 +122,9 @@ def train_transform(
     steps: list[v2.Transform] = []
     if tuple(scale) != (1.0, 1.0):
         steps.append(RandomScale(tuple(scale)))
-    steps.append(v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+    steps.append(
+        v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
+    )
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if color_jitter > 0:

@@ -25,8 +25,8 @@ import torch
 
 from atrous.checkpoint import load_checkpoint
 from atrous.cli import main
-from atrous.engine import seed_from
 from atrous.models import build
+from atrous.train import seed_from
 
 ARGS = [
     "train", "--model", "dilated_net", "--opt", "channels=8", "--opt", "norm=none",
