@@ -26,6 +26,7 @@ TINY = {
     "drn_c_26": {"width": 0.125},
     "drn_d_22": {"width": 0.125},
     "drn_d_38": {"width": 0.125},
+    "poolnet": {"channels": 4, "context": "aspp", "context_rates": [1, 2]},
 }
 
 
@@ -156,6 +157,35 @@ def test_build_args_omit_pretrained_path_and_are_json():
         "options": {"rates": [1, 2], "channels": 4, "norm": "none"},
     }
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_dilated_net_reparam_matches_the_plain_stack():
+    """block="reparam": parameters (counted on the built models) within 10 % of the plain stack's, the
+    documented numbers, the same receptive field as the plain stack and no holes in it."""
+    from atrous.analysis import receptive_field
+    from atrous.ops import DilatedReparam
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    for channels in (64, 32, 16):
+        plain = build("dilated_net", 21, channels=channels)
+        reparam = build("dilated_net", 21, channels=channels, block="reparam")
+        assert abs(count(reparam) / count(plain) - 1) <= 0.10, (channels, count(reparam), count(plain))
+    assert (count(plain), count(reparam)) == (12501, 12594)  # channels 16 -> 19
+    assert (count(build("dilated_net", 21)), count(build("dilated_net", 21, block="reparam"))) == (
+        188181,
+        189124,
+    )
+    model = build("dilated_net", 2, rates=[1, 2, 5], channels=4, block="reparam")
+    blocks = [m for m in model.modules() if isinstance(m, DilatedReparam)]
+    assert [b.kernel_size for b in blocks] == [3, 5, 11]  # 2r + 1: the plain layer's field
+    assert [b.branches for b in blocks] == [(), ((3, 1), (3, 2)), ((5, 1), (5, 2), (3, 3), (3, 4), (3, 5))]
+    assert receptive_field(model, (41, 41))["rf"] == [1 + 2 * (1 + 2 + 5)] * 2
+    with pytest.raises(ValueError, match="norm='batch'"):
+        build("dilated_net", 2, block="reparam", norm="none")
+    with pytest.raises(ValueError, match=r"1\.\.8"):
+        build("dilated_net", 2, block="reparam", rates=[9])
 
 
 def test_dilated_net_is_exactly_its_rates():

@@ -13,6 +13,7 @@ from atrous.ops import (
     AtrousConv1d,
     AtrousConv2d,
     BilinearUpsample,
+    DilatedReparam,
     SmoothedAtrousConv2d,
     atrous_conv2d,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "AtrousConv2d",
     "AtrousError",
     "BilinearUpsample",
+    "DilatedReparam",
     "SmoothedAtrousConv2d",
     "__version__",
     "atrous_conv2d",

@@ -19,6 +19,7 @@ from atrous.models.backbones import check_width, scaled
 from atrous.models.backbones.dilated_stack import DilatedStack
 from atrous.models.backbones.drn import ARCHS as DRN_ARCHS
 from atrous.models.backbones.drn import DRN
+from atrous.models.backbones.reparam_stack import ReparamStack, matched_channels
 from atrous.models.backbones.resnet import ResNet
 from atrous.models.backbones.vgg import VGG16
 from atrous.models.context import ContextModule
@@ -39,6 +40,7 @@ from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
 RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 HDC_LAYER3 = (1, 2, 5, 9)  # absolute rates cycled over res4 (torchvision's layer3), TuSimple-DUC
 HDC_LAYER4 = (5, 9, 17)  # and over res5 (layer4)
+BLOCKS = ("plain", "reparam")  # dilated_net's layers: 3x3 dilated conv, or DilatedReparam + 1x1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,12 +90,27 @@ def dilated_net(
     rates: Sequence[int] = (1, 2, 5, 1, 2, 5),
     channels: int = 64,
     norm: str = "batch",
+    block: str = "plain",
     width: float = 1.0,
 ) -> Segmenter:
-    """Stack of 3x3 convs at the given `rates` (full resolution, `channels * width` wide) + 1x1 classifier."""
+    """Stack of 3x3 convs at the given `rates` (full resolution, `channels * width` wide) + 1x1 classifier.
+
+    `block="reparam"`: each rate-r layer is instead a UniRepLKNet `DilatedReparam` with a (2r+1)-wide large
+    kernel (the plain layer's field, dense) + a 1x1 conv, as wide as gives the plain stack's parameter count
+    (`matched_channels`: 64 -> 146 channels, 189,124 against 188,181 parameters at 21 classes)."""
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
-    backbone = DilatedStack(rates=rates, channels=scaled(channels, check_width(width)), norm=norm)
+    _check_choice("block", block, BLOCKS)
+    channels = scaled(channels, check_width(width))
+    if block == "plain":
+        backbone = DilatedStack(rates=rates, channels=channels, norm=norm)
+    else:
+        if norm != "batch":
+            raise ValueError(
+                f"block='reparam' needs norm='batch' (each branch has its BatchNorm), got {norm!r}"
+            )
+        wide = matched_channels(tuple(rates), channels, num_classes=num_classes)
+        backbone = ReparamStack(rates=rates, channels=wide)
     head = ClassifierHead(
         in_channels=backbone.feature_info["out"].channels, num_classes=num_classes, feature="out"
     )

@@ -1,4 +1,5 @@
-"""Dilated ("atrous") convolution and the upsampling layers of the dilation family.
+"""Dilated ("atrous") convolution and the upsampling layers of the dilation family (re-exported by
+`atrous.ops`).
 
 - `atrous_conv2d` / `AtrousConv2d`: 2-D dilated convolution with symmetric "same" padding
   `dilation * (kernel_size - 1) // 2` (as torchvision's dilated ResNets), computed either natively
