@@ -136,69 +136,6 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
 
 
-class FusedASPP(nn.Module):
-    """Inference form of an `ASPP` whose projection BatchNorm is folded (see `fuse_aspp_for_inference`).
-
-    The 1x1 projection of the concatenated branches equals the sum of per-branch 1x1 projections (its
-    weight split along the input channels), so each branch is projected as soon as it is computed and
-    accumulated in place (oneDNN's convolution with a fused sum): no concatenated (N, 5C, h, w) map and at
-    most one branch alive. The image-pooling branch is constant over the map, so its projection is taken
-    on the (N, C, 1, 1) pooled features and broadcast, instead of projecting an upsampled copy.
-    Inference only: the mkldnn operators have no autograd formula.
-    """
-
-    def __init__(self, aspp: ASPP) -> None:
-        super().__init__()
-        self.rates = aspp.rates
-        self.convs = aspp.convs
-        project = aspp.project[0]
-        parts = project.weight.detach().split(project.in_channels // len(aspp.convs), dim=1)
-        for i, part in enumerate(parts):  # (K, C, 1, 1) each; buffers, so that Module.to moves them
-            self.register_buffer(f"project_weight{i}", part.contiguous(), persistent=False)
-        self.project_bias = project.bias
-        self.post = aspp.project[1:]  # folded BN (Identity), ReLU, dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None  # (N, K, h, w): running sum of the branches' projections
-        for i, branch in enumerate(self.convs[:-1]):
-            y = branch(x)  # (N, C, h, w)
-            w = getattr(self, f"project_weight{i}")
-            if out is None:
-                out = F.conv2d(y, w, self.project_bias)
-            else:
-                out = torch.ops.mkldnn._convolution_pointwise_.binary(
-                    out, y, w, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None
-                )
-        pool = self.convs[-1]
-        pooled = nn.Sequential.forward(pool, x)  # (N, C, 1, 1): ASPPPooling without its broadcast
-        w = getattr(self, f"project_weight{len(self.convs) - 1}")
-        out += F.conv2d(pooled, w)  # (N, K, 1, 1) broadcast over the map
-        return self.post(out)
-
-
-def _fusable_aspp(aspp: nn.Module) -> bool:
-    project = aspp.project[0]
-    return (
-        type(aspp) is ASPP
-        and type(project) is nn.Conv2d
-        and project.kernel_size == (1, 1)
-        and project.bias is not None
-        and isinstance(aspp.project[1], nn.Identity)
-        and project.weight.device.type == "cpu"
-        and project.weight.dtype == torch.float32
-        and isinstance(aspp.convs[-1], ASPPPooling)
-    )
-
-
-def fuse_aspp_for_inference(model: nn.Module) -> int:
-    """Replace, in place, every ASPP of `model` whose projection BatchNorm is folded
-    (`atrous.optimize.fold_batchnorm`) by its `FusedASPP`; return how many. CPU float32 only."""
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, ASPP) and _fusable_aspp(m)]
-    for name, aspp in targets:
-        model.set_submodule(name, FusedASPP(aspp))
-    return len(targets)
-
-
 DEEPLAB_HEADS = ("paper", "torchvision")
 
 

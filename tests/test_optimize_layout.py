@@ -1,6 +1,7 @@
-"""atrous.optimize.prepare_training on a model that holds the convolution whose channels_last backward
-corrupts the heap in torch 2.14.1 (a 1x1 stride-2 shortcut with 4 input channels: ResNet-18 at width
-1/16). Run in a subprocess, so that a crash fails the test instead of killing the test session."""
+"""atrous.optimize.layout: prepare_training keeps parameters, gradients and loss, also on a model that holds
+the convolution whose channels_last backward corrupts the heap in torch 2.14.1 (a 1x1 stride-2 shortcut with
+4 input channels: ResNet-18 at width 1/16), run in a subprocess so that a crash fails the test instead of
+killing the test session."""
 
 import json
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import torch
 from torch import nn
 
+from _optimize_helpers import tiny
 from atrous import models
 from atrous.optimize import prepare_training
 
@@ -76,3 +78,22 @@ def test_channels_last_training_of_a_model_with_the_crashing_shape_matches_nchw(
     assert res["grad_rel_diff"] < 1e-3
     for losses in res["losses"].values():  # both trained (the trajectories part by rounding, then BN)
         assert losses[-1] < losses[0]
+
+
+def test_prepare_training_keeps_parameters_gradients_and_loss():
+    ref = tiny("dilated_net")
+    model = prepare_training(tiny("dilated_net"))
+    model.load_state_dict(ref.state_dict())
+    params_before = list(model.parameters())
+    x, y = torch.randn(2, 3, 17, 15), torch.randint(0, 3, (2, 17, 15))
+    losses = []
+    for m in (ref, model):
+        m.train()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss)
+    assert list(model.parameters()) == params_before  # same Parameter objects: optimizers stay valid
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(ref.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
