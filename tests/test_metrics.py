@@ -340,7 +340,7 @@ def _blobs(g, n, h, w, k):
     return up.long()
 
 
-@pytest.mark.parametrize(("h", "w", "ratio"), [(9, 11, 0.02), (30, 40, 0.1), (17, 23, 0.2)])
+@pytest.mark.parametrize(("h", "w", "ratio"), [(9, 11, 0.02), (30, 40, 0.1), (17, 23, 0.2), (6, 7, 0.5)])
 def test_boundary_iou_against_brute_force(h, w, ratio):
     g = torch.Generator().manual_seed(h)
     k = 3
@@ -367,6 +367,8 @@ def test_boundary_iou_empty_and_bad_input():
     assert BoundaryIoU(2).compute() == {"boundary_iou": None, "per_class_boundary_iou": [None, None]}
     with pytest.raises(ValueError, match="label 5"):
         BoundaryIoU(3).update(torch.zeros((4, 4), dtype=torch.long), torch.full((4, 4), 5))
+    with pytest.raises(ValueError, match="class 3"):
+        BoundaryIoU(3).update(torch.full((4, 4), 3), torch.zeros((4, 4), dtype=torch.long))
     with pytest.raises(ValueError, match="dilation_ratio"):
         BoundaryIoU(3, dilation_ratio=0)
 

@@ -112,11 +112,11 @@ def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> Non
 
 
 def _true_class_log_prob(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
-    """(log p_t (P,), t (P,)) over the P labelled pixels, in float32."""
+    """(log p_t (P,), t (P,)) over the P labelled pixels, in float32 (no (P, K) copy of the logits)."""
     valid = target != ignore_index  # (N, H, W)
-    logp = F.log_softmax(logits.float(), dim=1).permute(0, 2, 3, 1)[valid]  # (P, K)
-    t = target[valid].long()
-    return logp.gather(1, t[:, None])[:, 0], t
+    t = torch.where(valid, target, 0).long()
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, t[:, None])[:, 0]  # (N, H, W)
+    return logp[valid], t[valid]
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -135,12 +135,16 @@ def _alpha_t(alpha: torch.Tensor | Sequence[float] | None, t: torch.Tensor) -> t
 
 def _dice_sums(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """(3, K): per class, sum of p_c over pixels of class c; sum of p_c; pixels of class c (labelled only)."""
+    k = logits.shape[1]
     valid = target != ignore_index  # (N, H, W)
-    probs = F.softmax(logits.float(), dim=1) * valid[:, None]  # (N, K, H, W), 0 at ignored pixels
-    onehot = F.one_hot(torch.where(valid, target, 0).long(), logits.shape[1]).permute(0, 3, 1, 2)
-    onehot = onehot * valid[:, None]  # (N, K, H, W)
-    dims = (0, 2, 3)
-    return torch.stack([(probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims).float()])
+    t = torch.where(valid, target, 0).long()
+    probs = F.softmax(logits.float(), dim=1)  # (N, K, H, W)
+    prob_sum = (probs * valid[:, None]).sum((0, 2, 3))
+    # p of the true class, added into its class's slot: no (N, K, H, W) one-hot.
+    p_t = probs.gather(1, t[:, None])[:, 0][valid]  # (P,)
+    inter = torch.zeros(k, device=logits.device).index_add(0, t[valid], p_t)
+    count = torch.bincount(t[valid], minlength=k).float()
+    return torch.stack([inter, prob_sum, count])
 
 
 def _dice_from_sums(sums: torch.Tensor, *, smooth: float, classes: str) -> torch.Tensor:
