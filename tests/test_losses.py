@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from atrous.errors import AtrousError
 from atrous.losses import (
+    TERM_NAMES,
     build_criterion,
     dice_loss,
     focal_loss,
@@ -182,6 +183,7 @@ def test_ohem_keeps_the_hardest_pixel():
 
 LOSS_FUNCTIONS = {
     "dice": dice_loss,
+    "dice_all_unsmoothed": lambda x, t: dice_loss(x, t, classes="all", smooth=0.0),
     "focal": focal_loss,
     "lovasz": lovasz_softmax,
     "ohem": lambda x, t: ohem_cross_entropy(x, t, min_kept=5),
@@ -269,6 +271,7 @@ def test_another_ignore_index_is_honoured():
     ],
 )
 def test_build_criterion_errors_name_the_entry(terms, message):
+    assert TERM_NAMES == ("ce", "dice", "focal", "lovasz", "ohem")
     with pytest.raises(AtrousError, match=message):
         build_criterion(terms)
 

@@ -6,8 +6,8 @@ Each loss takes logits (N, K, H, W) and a target (N, H, W) of class ids, skips p
 - `dice_loss`: 1 - mean over the classes present in the target of the soft Dice of the softmax
   probabilities, with sums over every labelled pixel of the batch (Milletari et al., "V-Net", 3DV 2016;
   Sudre et al. 2017 for the multi-class form); smoothing 1 in numerator and denominator.
-- `focal_loss`: mean of -alpha_t (1 - p_t)^gamma log p_t over labelled pixels, the softmax form of Lin et
-  al., "Focal Loss for Dense Object Detection", ICCV 2017; gamma 2; optional per-class alpha.
+- `focal_loss`: mean of -(1 - p_t)^gamma log p_t over labelled pixels, the softmax form of Lin et al.,
+  "Focal Loss for Dense Object Detection", ICCV 2017; gamma 2; optional per-class alpha (a weighted mean).
 - `lovasz_softmax`: the Lovasz extension of the per-class Jaccard loss on the softmax probabilities, mean
   over the classes present (Berman, Rannen Triki & Blaschko, "The Lovasz-Softmax loss", CVPR 2018).
 - `ohem_cross_entropy`: cross-entropy averaged over the hard pixels only, those whose probability of the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from atrous.errors import AtrousError
 
 __all__ = [
-    "LOSSES",
+    "TERM_NAMES",
     "Criterion",
     "build_criterion",
     "dice_loss",
@@ -149,10 +149,11 @@ def _dice_sums(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) ->
 
 def _dice_from_sums(sums: torch.Tensor, *, smooth: float, classes: str) -> torch.Tensor:
     inter, prob_sum, count = sums
-    dice = (2 * inter + smooth) / (prob_sum + count + smooth)  # (K,)
-    keep = count > 0 if classes == "present" else torch.ones_like(count, dtype=torch.bool)
-    if not bool(keep.any()):
+    if float(count.detach().sum()) == 0:
         return sums.sum() * 0.0  # no labelled pixel: zero, still part of the graph
+    # (With smooth 0, a class absent from the target whose probabilities all underflow to 0 scores 0, not NaN.)
+    dice = (2 * inter + smooth) / (prob_sum + count + smooth).clamp(min=torch.finfo(torch.float32).tiny)
+    keep = count > 0 if classes == "present" else torch.ones_like(count, dtype=torch.bool)
     return 1.0 - dice[keep].mean()
 
 
@@ -307,15 +308,16 @@ def ohem_cross_entropy(
 
 # ------------------------------------------------------------------------------------------- criterion
 
-# Each term's public function: its keyword options (other than ignore_index, and focal's alpha, which the
-# class weights give) are the options a term may set.
-LOSSES: dict[str, Callable[..., torch.Tensor] | None] = {
+# The names `loss.terms` accepts, and each one's public function: its keyword options (other than
+# ignore_index, and focal's alpha, which the class weights give) are the options a term may set.
+_TERM_FUNCTIONS: dict[str, Callable[..., torch.Tensor] | None] = {
     "ce": None,  # torch's cross-entropy; no options
     "dice": dice_loss,
     "focal": focal_loss,
     "lovasz": lovasz_softmax,
     "ohem": ohem_cross_entropy,
 }
+TERM_NAMES: tuple[str, ...] = tuple(_TERM_FUNCTIONS)
 
 # What each option accepts: (test, words for the error message).
 _OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
@@ -332,7 +334,7 @@ def _is_number(v: object) -> bool:
 
 
 def _term_options(name: str) -> tuple[str, ...]:
-    fn = LOSSES[name]
+    fn = _TERM_FUNCTIONS[name]
     if fn is None:
         return ()
     params = inspect.signature(fn).parameters.values()
@@ -427,8 +429,8 @@ def build_criterion(
         if not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3):
             raise AtrousError(f"{where}: each term is [name, weight] or [name, weight, {{options}}]")
         name, w, options = entry[0], entry[1], (entry[2] if len(entry) == 3 else {})
-        if name not in LOSSES:
-            raise AtrousError(f"{where}: unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        if name not in TERM_NAMES:
+            raise AtrousError(f"{where}: unknown loss {name!r}; choose from {', '.join(TERM_NAMES)}")
         if not _is_number(w) or w < 0:
             raise AtrousError(f"{where}: the weight must be a finite number >= 0, got {w!r}")
         if not isinstance(options, dict):
