@@ -27,6 +27,8 @@ TINY = {
     "drn_d_22": {"width": 0.125},
     "drn_d_38": {"width": 0.125},
     "poolnet": {"channels": 4, "context": "aspp", "context_rates": [1, 2]},
+    "denseaspp": {"backbone": "resnet18", "width": 0.125},
+    "wasp": {"backbone": "resnet18", "width": 0.125},
 }
 
 

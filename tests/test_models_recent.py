@@ -16,13 +16,18 @@ from atrous.ops import DilatedReparam
 # tiny configurations (name, options): fast on a CPU, every structural part present
 CASES = {
     "dilated_net-reparam": ("dilated_net", {"rates": [1, 2, 5], "channels": 8, "block": "reparam"}),
+    "denseaspp": ("denseaspp", {"backbone": "resnet18", "width": 0.125}),
+    "denseaspp-os16": ("denseaspp", {"backbone": "resnet18", "width": 0.125, "output_stride": 16}),
+    "wasp": ("wasp", {"backbone": "resnet18", "width": 0.125}),
 }
 
 
-def _batch(seed: int = 0, size=(33, 29)):
+def _batch(seed: int = 0, size=(48, 40)):
+    """Images whose three vertical stripes (the classes) shift the mean of one channel each: learnable at
+    every output stride."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, *size, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()  # 3 classes, a function of the pixels
+    y = (torch.arange(size[1]) * 3 // size[1]).expand(2, *size)  # (2, H, W): classes 0, 1, 2 left to right
+    x = torch.randn(2, 3, *size, generator=g) + 2 * F.one_hot(y, 3).permute(0, 3, 1, 2)
     return x, y
 
 

@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from atrous.errors import BadModelOption, UnknownModel
+from atrous.models._build import RESNETS
+from atrous.models._build import check_choice as _check_choice
+from atrous.models._build import resnet_backbone as _resnet
 from atrous.models.backbones import check_width, scaled
 from atrous.models.backbones.dilated_stack import DilatedStack
 from atrous.models.backbones.drn import ARCHS as DRN_ARCHS
 from atrous.models.backbones.drn import DRN
 from atrous.models.backbones.reparam_stack import ReparamStack, matched_channels
-from atrous.models.backbones.resnet import ResNet
 from atrous.models.backbones.vgg import VGG16
 from atrous.models.context import ContextModule
+from atrous.models.denseaspp import denseaspp
 from atrous.models.heads import (
     DEEPLAB_HEADS,
     ClassifierHead,
@@ -36,8 +39,8 @@ from atrous.models.heads import (
 )
 from atrous.models.poolnet import poolnet
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
+from atrous.models.wasp import wasp
 
-RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 HDC_LAYER3 = (1, 2, 5, 9)  # absolute rates cycled over res4 (torchvision's layer3), TuSimple-DUC
 HDC_LAYER4 = (5, 9, 17)  # and over res5 (layer4)
 BLOCKS = ("plain", "reparam")  # dilated_net's layers: 3x3 dilated conv, or DilatedReparam + 1x1
@@ -46,27 +49,6 @@ BLOCKS = ("plain", "reparam")  # dilated_net's layers: 3x3 dilated conv, or Dila
 # ----------------------------------------------------------------------------------------------------------
 # shared pieces
 # ----------------------------------------------------------------------------------------------------------
-def _resnet(
-    backbone: str,
-    *,
-    output_stride: int,
-    width: float,
-    pretrained_backbone: str | os.PathLike | None,
-    multi_grid: Sequence[int] | None = None,
-    block_rates: dict[str, Sequence[int]] | None = None,
-) -> ResNet:
-    if backbone not in RESNETS:
-        raise ValueError(f"backbone must be one of {tuple(RESNETS)}, got {backbone!r}")
-    return ResNet(
-        depth=RESNETS[backbone],
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        block_rates=block_rates,
-        width=width,
-        pretrained=pretrained_backbone,
-    )
-
-
 def _aux_head(backbone: nn.Module, num_classes: int, aux: bool) -> FCNHead | None:
     """torchvision's auxiliary head: an FCNHead on layer3."""
     if not aux:
@@ -74,11 +56,6 @@ def _aux_head(backbone: nn.Module, num_classes: int, aux: bool) -> FCNHead | Non
     return FCNHead(
         in_channels=backbone.feature_info["layer3"].channels, num_classes=num_classes, feature="layer3"
     )
-
-
-def _check_choice(name: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -414,6 +391,19 @@ MODELS: dict[str, Entry] = {
         "dilated_net's conv stack with 2x2 pooling after its first k layers (output stride 2^k), bilinear, "
         "learned deconvolution or DUC upsampling, optional ASPP or dilated-stack context head",
         "Long et al. CVPR 2015 (pool-then-upsample); Wang et al. WACV 2018 (DUC)",
+    ),
+    # the later answers to gridding and irrelevant context (T5's block)
+    "denseaspp": Entry(
+        denseaspp,
+        "DenseASPP: dilated ResNet (output stride 8) + densely connected atrous layers (rates 3,6,12,18,24; "
+        "1x1 to 512, +128 channels each)",
+        "Yang et al. CVPR 2018",
+    ),
+    "wasp": Entry(
+        wasp,
+        "WASP head: dilated ResNet (output stride 16) + waterfall of atrous convs (rates 6,12,18,24) whose "
+        "every output is also a branch, with image pooling",
+        "Artacho & Savakis, Sensors 2019",
     ),
 }
 
