@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "demo": "train and evaluate small dilated and pooling models on built-in data; write a report of the claims",
     "models": "list the models with a one-line description (or one model's options)",
     "train": "train a model (YAML config + flags; --resume, --init-from; data-parallel under torchrun)",
+    "data": "check a data set without training: label histogram, image sizes, classes, findings (data check)",
     "eval": "evaluate a checkpoint on a data set: mIoU, pixel accuracy, per-class IoU, object recall by size",
     "predict": "segment images and folders with a checkpoint: class-index PNGs and colour overlays",
     "export": "export a checkpoint's model to ONNX and check onnxruntime against PyTorch",

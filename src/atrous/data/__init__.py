@@ -8,6 +8,7 @@ and mask reader of atrous; `check` finds what users get wrong in their masks bef
 
 from atrous.data import ade20k, camvid, cityscapes, folder, mmseg, voc
 from atrous.data.base import SegmentationDataset, likely_split, standard_palette
+from atrous.data.check import Report, check_data
 from atrous.data.io import IGNORE_INDEX, IMAGE_SUFFIXES, DataError, read_image, read_mask
 from atrous.data.labels import LabelConvention, encode_prediction
 from atrous.data.spec import available_splits_in, build_from, parse_spec
@@ -53,9 +54,11 @@ __all__ = [
     "LAYOUTS",
     "DataError",
     "LabelConvention",
+    "Report",
     "SegmentationDataset",
     "available_splits",
     "build_dataset",
+    "check_data",
     "encode_prediction",
     "eval_transform",
     "likely_split",

@@ -78,11 +78,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         convention: LabelConvention | None = None,
         label_fix: str = "fix the mask",
         intensity: str = "auto",
+        classes_from: str = "layout",
     ) -> None:
         """`name` (e.g. "folder:data split 'val'") starts messages; `convention` maps stored mask values to
         classes (Cityscapes label ids, reduce_zero_label, map=, palette=); `label_fix` says how to fix a
         label out of range; `skipped` lists pairs the caller already left out (missing partners);
-        `intensity` is the 16-bit image rule of `atrous.data.io.read_image`."""
+        `intensity` is the 16-bit image rule of `atrous.data.io.read_image`; `classes_from` says where the
+        class list came from ("layout", "file", "num_classes", or "scan": the largest label in the masks,
+        which `atrous.data.check` questions)."""
         if len(palette) != len(classes):
             raise ValueError(f"{len(classes)} classes but {len(palette)} palette colours")
         self.name = name
@@ -94,6 +97,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.convention = convention or LabelConvention()
         self.label_fix = label_fix
         self.intensity = check_intensity(intensity)
+        self.classes_from = classes_from
         self.skipped: list[tuple[Path, str]] = list(skipped)
         self.pairs: list[tuple[Path, Path]] = []
         colour = self.convention.palette is not None

@@ -129,8 +129,9 @@ def resolve_classes(
     mask_suffix: str,
     convention: LabelConvention,
     skip_bad: bool,
-) -> tuple[list[str], list[tuple[int, int, int]], str]:
-    """(class names, display palette, how to fix a label out of range) by the module docstring's order."""
+) -> tuple[list[str], list[tuple[int, int, int]], str, str]:
+    """(class names, display palette, how to fix a label out of range, where the classes came from: "file",
+    "num_classes" or "scan") by the module docstring's order."""
     declared = read_classes(root)
     if palette_names is not None:
         names = palette_names[1:] if convention.reduce_zero_label else palette_names
@@ -147,14 +148,16 @@ def resolve_classes(
                 f"{root}: the classes file lists {len(names)} classes but num_classes={num_classes}: make them agree"
             )
         label_fix = f"fix the mask, or list all classes in {source}"
+        origin = "file"
     else:
+        origin = "num_classes" if num_classes is not None else "scan"
         if num_classes is None:
             num_classes = scan_num_classes(
                 root, [d for d in mask_dirs if d.is_dir()], mask_suffix, convention, skip_bad
             )
         names, palette = [f"class{i}" for i in range(num_classes)], None
         label_fix = "fix the mask, or raise num_classes (or list the classes in ROOT/classes.txt)"
-    return names, list(palette) if palette else standard_palette(len(names)), label_fix
+    return names, list(palette) if palette else standard_palette(len(names)), label_fix, origin
 
 
 def paired_folder(

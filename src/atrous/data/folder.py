@@ -60,7 +60,7 @@ def build(
     image_dir = check_dir(base / "images", "images folder")
     mask_dir = check_dir(base / "masks", "masks folder")
     mask_suffix = str(options["mask_suffix"])
-    names, palette, label_fix = resolve_classes(
+    names, palette, label_fix, classes_from = resolve_classes(
         root,
         num_classes=num_classes,
         palette_names=labels.palette_names,
@@ -86,6 +86,7 @@ def build(
         convention=labels.convention,
         label_fix=label_fix,
         intensity=intensity,
+        classes_from=classes_from,
     )
 
 

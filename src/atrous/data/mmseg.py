@@ -41,7 +41,7 @@ def build(
     image_dir = root / options["img_dir"] / split
     mask_dir = root / options["ann_dir"] / split
     mask_suffix = str(options["seg_map_suffix"])
-    names, palette, label_fix = resolve_classes(
+    names, palette, label_fix, classes_from = resolve_classes(
         root,
         num_classes=num_classes,
         palette_names=labels.palette_names,
@@ -71,4 +71,5 @@ def build(
         convention=labels.convention,
         label_fix=label_fix,
         intensity=intensity,
+        classes_from=classes_from,
     )
