@@ -1,33 +1,28 @@
-"""The training step against independent computations: the global-batch loss, the aux loss and one SGD step
-(autograd on a hand-written loss), the non-finite stop."""
+"""The training step against independent computations: the training loss (torch's weighted mean), the aux
+loss and one SGD step (autograd on a hand-written loss), the non-finite stop."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from _fixed_model import Fixed as _Fixed
-from atrous.config import Config, from_dict
-from atrous.train import Criterion, NonFiniteLoss, build_optimizer, segmentation_loss, train_one_epoch
+from atrous.config import Config, LossConfig, from_dict
+from atrous.train import Dist, NonFiniteLoss, build_loss, build_optimizer, train_one_epoch
 
 
-def test_global_batch_loss_equals_weighted_mean_and_splits_exactly():
+def test_global_batch_loss_equals_weighted_mean():
     torch.manual_seed(0)
     logits = torch.randn(4, 3, 5, 6)
     target = torch.randint(0, 3, (4, 5, 6))
     target[0, :2] = 255
     target[3, 1:] = 255  # the halves have different numbers of labelled pixels
-    weight = torch.tensor([0.5, 2.0, 1.0])
-    expected = F.cross_entropy(logits, target, weight=weight, ignore_index=255)
-    valid = target[target != 255]
-    denominator = weight[valid].sum()
-    full = segmentation_loss(logits, target, weight=weight, ignore_index=255, denominator=denominator)
+    weight = [0.5, 2.0, 1.0]
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(weight), ignore_index=255)
+    loss = build_loss(LossConfig(class_weights=weight), num_classes=3)
+    full = loss(logits, None, target, Dist())
     torch.testing.assert_close(full, expected)
-    # Two processes with the global denominator: their losses add up to the single-process loss.
-    halves = [
-        segmentation_loss(logits[s], target[s], weight=weight, ignore_index=255, denominator=denominator)
-        for s in (slice(0, 2), slice(2, 4))
-    ]
-    torch.testing.assert_close(halves[0] + halves[1], expected)
+    # Two processes' shares of the global batch add up to this loss: tests/test_losses_ddp.py (T6's
+    # criterion, under torch.distributed) and tests/test_train_dist.py (whole runs).
 
 
 def _config(**optim):
@@ -49,7 +44,7 @@ def test_aux_loss_and_one_step():
         loader,
         optimizer,
         scheduler,
-        Criterion(aux_weight=0.4),
+        build_loss(LossConfig(aux_weight=0.4), num_classes=3),
         device=torch.device("cpu"),
         step=0,
         seed=0,
@@ -72,7 +67,14 @@ def test_non_finite_loss_stops_before_the_step():
     with pytest.raises(NonFiniteLoss, match="the loss is nan at step 8"):
         list(
             train_one_epoch(
-                model, loader, optimizer, scheduler, Criterion(), device=torch.device("cpu"), step=7, seed=0
+                model,
+                loader,
+                optimizer,
+                scheduler,
+                build_loss(LossConfig(), 2),
+                device=torch.device("cpu"),
+                step=7,
+                seed=0,
             )
         )
     assert float(model.scale.detach()) == 1.0

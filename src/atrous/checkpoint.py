@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from atrous._io import atomic_path
-from atrous.errors import AtrousError
+from atrous.errors import AtrousError, ModelError
 
 FORMAT = "atrous-checkpoint"
 VERSION = 1
@@ -181,14 +181,11 @@ def build_model_from_checkpoint(
             f"{source} has {num_classes} classes, not {expect_num_classes}: use a checkpoint trained on "
             "these classes (or fine-tune with `atrous train --init-from`)"
         )
-    if name not in models.available():
-        raise AtrousError(
-            f"{source} holds model {name!r}, unknown to this atrous; known: {models.available()}"
-        )
     try:
         model = models.build(name, num_classes, **options)
-    except (TypeError, ValueError) as e:
-        raise AtrousError(f"{source}: cannot rebuild {name} with options {options}: {e}") from None
+    except ModelError as e:
+        # The registry's error (model, option, what is valid), prefixed with the file it came from.
+        raise type(e)(f"{source} cannot be rebuilt: {e}") from None
     check_state_dict(model, ck["state_dict"], source=source)
     model.load_state_dict(ck["state_dict"], strict=True)
     return model

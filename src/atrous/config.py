@@ -123,7 +123,10 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    # Per-class cross-entropy weights (length num_classes); None: unweighted.
+    # Weighted sum of loss terms, each [name, weight] or [name, weight, {options}]; names: ce, dice,
+    # focal, lovasz, ohem (atrous.losses.build_criterion checks them).
+    terms: list = field(default_factory=lambda: [["ce", 1.0]])
+    # Per-class weights of the ce and focal terms (length num_classes); None: unweighted.
     class_weights: list[float] | None = None
     # Weight of the auxiliary head's loss where the model has one (torchvision's references use 0.5).
     aux_weight: float = 0.5
@@ -146,6 +149,8 @@ class TrainConfig:
     # Validate (and update best.pt) every this many epochs; the last epoch is always validated.
     eval_every: int = 1
     init_from: str | None = None
+    # What chooses best.pt: "miou" (validation mIoU, higher is better) or "val_loss" (lower is better).
+    best_metric: str = "miou"
 
 
 @dataclass
@@ -244,6 +249,9 @@ def _coerce(value: Any, hint: Any, *, name: str, where: str) -> Any:
     elif hint is dict:
         if isinstance(value, dict):
             return _plain(value, name=name, where=where, depth=0, budget=[_MAX_ITEMS])
+    elif hint is list:  # free-form list (loss.terms): plain data, checked by its consumer
+        if isinstance(value, (list, tuple)):
+            return _plain(value, name=name, where=where, depth=0, budget=[_MAX_ITEMS])
     elif origin in (tuple, list):
         if isinstance(value, (list, tuple)):
             fixed = origin is tuple and Ellipsis not in args
@@ -266,6 +274,7 @@ def _coerce(value: Any, hint: Any, *, name: str, where: str) -> Any:
         float: "a number",
         str: "a string",
         dict: "a mapping",
+        list: "a list (e.g. [[ce, 1.0], [dice, 0.5]])",
     }
     raise AtrousError(f"{where}: {name} must be {expected[hint]}, got {_describe(value)}")
 
@@ -359,7 +368,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     return config
 
 
-_CHOICES = {"optim.name": ("sgd", "adamw"), "optim.schedule": ("poly", "constant", "cosine")}
+_CHOICES = {
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("poly", "constant", "cosine"),
+    "train.best_metric": ("miou", "val_loss"),
+}
 
 
 def check_config(config: Config, *, where: str = "config") -> None:

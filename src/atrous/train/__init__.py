@@ -12,7 +12,7 @@ run_folder.py  RunFolder: last/previous/best, metrics.csv, TensorBoard, resume l
 
 from atrous.train.dist import Dist
 from atrous.train.loop import NonFiniteLoss, fit, train_one_epoch
-from atrous.train.loss import Criterion, segmentation_loss
+from atrous.train.loss import TrainingLoss, build_loss
 from atrous.train.optim import build_optimizer, lr_factor
 from atrous.train.run_folder import BEST, CONFIG_YAML, LAST, METRICS_CSV, PREVIOUS, RunFolder
 from atrous.train.sampling import EpochBatches, SeededSamples, seed_from
@@ -24,7 +24,6 @@ __all__ = [
     "LAST",
     "METRICS_CSV",
     "PREVIOUS",
-    "Criterion",
     "Dist",
     "EpochBatches",
     "NonFiniteLoss",
@@ -32,11 +31,12 @@ __all__ = [
     "RunFolder",
     "SeededSamples",
     "TrainState",
+    "TrainingLoss",
+    "build_loss",
     "build_optimizer",
     "build_run",
     "fit",
     "lr_factor",
     "seed_from",
-    "segmentation_loss",
     "train_one_epoch",
 ]

@@ -22,7 +22,7 @@ from atrous.config import Config
 from atrous.errors import AtrousError
 from atrous.evaluate import evaluate
 from atrous.train.dist import Dist, init_distributed, shutdown
-from atrous.train.loss import Criterion
+from atrous.train.loss import TrainingLoss
 from atrous.train.run_folder import BEST, LAST
 from atrous.train.sampling import seed_from
 from atrous.train.setup import Run, build_run
@@ -144,12 +144,7 @@ def end_of_epoch(run: Run) -> dict:
     metrics: dict = {}
     if run.data.val_loader is not None and ((epoch + 1) % t.eval_every == 0 or last_epoch):
         metrics = validate(run)
-        row.update(
-            val_miou=metrics["miou"],
-            val_pixel_acc=metrics["pixel_acc"],
-            val_mean_acc=metrics["mean_acc"],
-            val_fw_iou=metrics["fw_iou"],
-        )
+        row.update(validation_row(metrics, run.data.classes))
     state.history.append(row)
     if state.batch >= run.data.steps_per_epoch:
         state.epoch, state.batch, state.loss_sum = epoch + 1, 0, 0.0
@@ -157,7 +152,9 @@ def end_of_epoch(run: Run) -> dict:
     run.folder.scalars(state.step, {f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")})
     run.folder.metrics(state.history)
     summary = ", ".join(
-        f"{k} {v:.4g}" if v is not None else f"{k} -" for k, v in row.items() if k not in ("epoch", "step")
+        f"{k} {v:.4g}" if v is not None else f"{k} -"
+        for k, v in row.items()
+        if k not in ("epoch", "step") and not k.startswith("val_iou_")
     )
     run.log(f"epoch {epoch + 1}/{run.epochs} step {state.step}: {summary}")
     keep_best(run, metrics)
@@ -166,27 +163,66 @@ def end_of_epoch(run: Run) -> dict:
     return metrics
 
 
+def validation_row(metrics: dict, classes: list[str]) -> dict:
+    """The metrics.csv (and TensorBoard) columns of one validation."""
+    row = {f"val_{k}": metrics[k] for k in ("loss", "miou", "pixel_acc", "mean_acc", "fw_iou", "dice")}
+    row["val_boundary_iou"] = metrics["boundary_iou"]
+    row.update({f"val_iou_{name}": iou for name, iou in zip(classes, metrics["per_class_iou"])})
+    return row
+
+
 def validate(run: Run) -> dict:
-    return evaluate(
+    """Validation metrics and loss (the training criterion on the main head, per image); on the main
+    process with TensorBoard on, a few predictions as images."""
+    from atrous.metrics import default_object_classes
+
+    d, ignore = run.config.data, run.config.loss.ignore_index
+    metrics = evaluate(
         run.model,
         run.data.val_loader,
         num_classes=run.num_classes,
         device=run.device,
-        ignore_index=run.config.loss.ignore_index,
+        ignore_index=ignore,
+        object_classes=default_object_classes(run.data.classes, run.num_classes, ignore),
+        loss=run.criterion.criterion,
     )
+    if run.folder.tb is not None:
+        from atrous.train.preview import previews
+
+        panels = previews(
+            run.model,
+            run.data.val_loader,
+            palette=run.data.palette,
+            mean=d.mean,
+            std=d.std,
+            device=run.device,
+        )
+        for i, panel in enumerate(panels):
+            run.folder.image(run.state.step, f"val/{i}", panel)
+    return metrics
 
 
 def keep_best(run: Run, metrics: dict) -> None:
-    """Write best.pt when this validation's mIoU is the best so far."""
+    """Write best.pt when this validation is the best so far by `train.best_metric` (mIoU: higher is
+    better; val_loss: lower)."""
     state = run.state
-    miou = metrics.get("miou")  # None when the validation data has no labelled pixel
-    if miou is None or (state.best is not None and miou <= state.best):
+    key = "loss" if run.config.train.best_metric == "val_loss" else "miou"
+    value = metrics.get(key)  # None when not validated, or no labelled pixel
+    if value is None:
         return
-    state.best = state.best_miou = miou
+    sign = -1.0 if key == "loss" else 1.0
+    if state.best is not None and sign * value <= sign * state.best:
+        return
+    state.best, state.best_miou = value, metrics["miou"]
     if run.dist.main:
         stored = {
             **{k: metrics[k] for k in ("miou", "pixel_acc", "mean_acc", "fw_iou", "per_class_iou")},
+            **{
+                k: metrics[k]
+                for k in ("loss", "dice", "per_class_dice", "boundary_iou", "per_class_boundary_iou")
+            },
             "object_recall_by_size": metrics["object_recall_by_size"],
+            "best_metric": run.config.train.best_metric,
             "data": run.data.val_name,
             "epoch": state.epoch,
             "step": state.step,
@@ -212,7 +248,7 @@ def train_one_epoch(
     loader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    criterion: Criterion,
+    criterion: TrainingLoss,
     *,
     device: torch.device,
     step: int,

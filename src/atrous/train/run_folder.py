@@ -223,10 +223,10 @@ class RunFolder:
                 if value is not None:
                     self.tb.add_scalar(key, value, step)
 
-    def images(self, step: int, tag: str, images: torch.Tensor) -> None:
-        """(N, 3, H, W) uint8 images as one TensorBoard image grid."""
+    def image(self, step: int, tag: str, image: torch.Tensor) -> None:
+        """A (3, H, W) uint8 image in TensorBoard."""
         if self.tb is not None:
-            self.tb.add_images(tag, images, step, dataformats="NCHW")
+            self.tb.add_image(tag, image, step, dataformats="CHW")
 
     def close(self) -> None:
         if self.tb is not None:

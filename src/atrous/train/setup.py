@@ -28,7 +28,7 @@ from atrous.errors import AtrousError
 from atrous.optimize import prepare_training
 from atrous.train.data import TrainData, build_data
 from atrous.train.dist import Dist
-from atrous.train.loss import Criterion
+from atrous.train.loss import TrainingLoss, build_loss
 from atrous.train.optim import amp_context, build_optimizer, build_scheduler, set_schedule_position
 from atrous.train.run_folder import LAST, RunFolder
 from atrous.train.sampling import seed_from
@@ -68,7 +68,7 @@ class Run:
     net: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    criterion: Criterion
+    criterion: TrainingLoss
     autocast: Callable[[], Any]
     scaler: torch.amp.GradScaler | None
     epochs: int
@@ -149,7 +149,7 @@ def _build(
     ck = _resume_checkpoint(folder, config, resume=resume, log=log)
     init = _init_checkpoint(config) if ck is None else None  # a resumed run has its own weights
     data = build_data(config, dist=dist, log=log)
-    criterion = _criterion(config, data.num_classes, device)
+    criterion = build_loss(config.loss, data.num_classes)
     epochs = (
         t.epochs if t.epochs is not None else (math.ceil(t.iters / data.steps_per_epoch) if t.iters else 10)
     )
@@ -272,18 +272,6 @@ def _restore(
     return state
 
 
-def _criterion(config: Config, num_classes: int, device: torch.device) -> Criterion:
-    loss = config.loss
-    weights = None
-    if loss.class_weights is not None:
-        if len(loss.class_weights) != num_classes:
-            raise AtrousError(
-                f"loss.class_weights has {len(loss.class_weights)} values but there are {num_classes} classes"
-            )
-        weights = torch.tensor(loss.class_weights, dtype=torch.float32, device=device)
-    return Criterion(class_weights=weights, ignore_index=loss.ignore_index, aux_weight=loss.aux_weight)
-
-
 def _build_model(config: Config, num_classes: int, *, rebuild: bool) -> nn.Module:
     """The model of `config`; `rebuild` (resume: the weights come from the checkpoint) leaves out the
     options that only say where initial weights come from, so a moved pretrained file does not matter."""
@@ -291,14 +279,8 @@ def _build_model(config: Config, num_classes: int, *, rebuild: bool) -> nn.Modul
 
     m = config.model
     options = without_provenance(m.options) if rebuild else m.options
-    if m.name not in models.available():
-        raise AtrousError(
-            f"unknown model {m.name!r} (model.name / --model); valid names: {', '.join(models.available())}"
-        )
-    try:
-        return models.build(m.name, num_classes, **options)
-    except (TypeError, ValueError) as e:
-        raise AtrousError(f"model {m.name} (--opt / model.options): {e}") from None
+    # The registry's ModelError (an AtrousError) names the model, the option and what is valid.
+    return models.build(m.name, num_classes, **options)
 
 
 def _init_from(model: nn.Module, ck: dict, path: str, log: Callable[[str], None]) -> None:
