@@ -66,12 +66,13 @@ def image_sizes(dataset, limit: int = _CROP_SAMPLE) -> list[tuple[int, int]]:
     indices = sorted({round(i * (n - 1) / max(limit - 1, 1)) for i in range(min(n, limit))})
     pairs = getattr(dataset, "pairs", None)
     if pairs is not None:
-        from PIL import Image
+        from atrous.data.io import open_image, oriented_size
 
         sizes = []
         for i in indices:
-            with Image.open(pairs[i][0]) as img:
-                sizes.append((img.height, img.width))
+            with open_image(pairs[i][0]) as img:
+                w, h = oriented_size(img)  # as shown: after the EXIF orientation the reader applies
+            sizes.append((h, w))
         return sizes
     return [tuple(dataset[i][1].shape[-2:]) for i in indices]
 
@@ -87,6 +88,7 @@ def build_data(config: Config, *, dist: Dist, log: Callable[[str], None]) -> Tra
     from atrous.data import train_transform
 
     d, t = config.data, config.train
+    _check_data(config, log)
     train_ds, val_ds, val_name = _datasets(config)
     num_classes = _num_classes(config, train_ds)
     classes, palette = _class_meta(train_ds, num_classes)
@@ -129,6 +131,29 @@ def build_data(config: Config, *, dist: Dist, log: Callable[[str], None]) -> Tra
         seed=t.seed,
         dist=dist,
     )
+
+
+def _check_data(config: Config, log: Callable[[str], None]) -> None:
+    """`atrous.data.check_data` on the training split and the validation split (when there is one, or a
+    likely one under another name): its errors stop the run before anything is built, its warnings are
+    logged."""
+    from atrous.data import available_splits, check_data, likely_split
+
+    d = config.data
+    if d.train is None:
+        return  # _datasets says what to give
+    checks = [(d.train, _split_for(d.train, d.train_split, role="train"))]
+    if d.val is not None:
+        checks.append((d.val, d.val_split if available_splits(d.val) else None))
+    elif d.val_split is not None:
+        splits = available_splits(d.train)
+        if d.val_split in splits or (splits and likely_split(d.val_split, splits) is not None):
+            checks.append((d.train, d.val_split))
+    for spec, split in checks:
+        report = check_data(spec, split)  # as _datasets builds them: classes from the data
+        report.raise_for_errors()
+        for warning in report.warnings():
+            log(f"warning: {spec}{f' split {split!r}' if split else ''}: {warning}")
 
 
 def _split_for(spec: str, wanted: str | None, *, role: str) -> str | None:
