@@ -11,9 +11,11 @@ CVPR 2015) reduced to the factors it varies, so that each can be changed alone a
   (FCN's 2x fusion layers); `duc`: dense upsampling convolution (Wang et al., WACV 2018), a 1x1
   convolution to K * 4^k channels rearranged to stride 1.
 - `context`: a head on the last map. `none`: a 1x1 classifier; `aspp`: DeepLab v3's ASPP (1x1, one 3x3 per
-  rate, image pooling; Chen et al. 2017) with `context_channels` channels; `stack`: a `DilatedStack` of
+  rate, image pooling; Chen et al. 2017) with `context_channels` channels; `denseaspp`: DenseASPP's densely
+  connected atrous layers (Yang et al., CVPR 2018) with growth `context_channels` and 1x1 bottlenecks of
+  twice that; `stack`: a `DilatedStack` of
   `context_rates` (a large-rate or an HDC schedule; Yu & Koltun 2016, Wang et al. 2018) then a 1x1
-  classifier. The context heads let the demo compare ASPP, large rates and HDC on one output-stride-8
+  classifier. The context heads let the demo compare ASPP, DenseASPP, large rates and HDC on one output-stride-8
   backbone at stated parameter counts.
 """
 
@@ -26,12 +28,13 @@ from torch import nn
 
 from atrous.models.backbones import FeatureInfo, wanted_features
 from atrous.models.backbones.dilated_stack import DilatedStack
+from atrous.models.denseaspp import DenseASPPHead
 from atrous.models.heads import ClassifierHead, DeepLabV3Head, DUCHead
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
 from atrous.ops import AtrousConv2d
 
 UPSAMPLING = ("bilinear", "deconv", "duc")
-CONTEXTS = ("none", "aspp", "stack")
+CONTEXTS = ("none", "aspp", "denseaspp", "stack")
 
 
 class PoolStack(nn.Module):
@@ -105,8 +108,20 @@ def _head(
             rates=tuple(context_rates),
             aspp_channels=channels if context_channels is None else context_channels,
         )
+    if context == "denseaspp":  # growth `context_channels`, each layer's 1x1 bottleneck twice that
+        growth = channels if context_channels is None else context_channels
+        return DenseASPPHead(
+            in_channels=channels,
+            num_classes=num_classes,
+            feature="out",
+            rates=tuple(context_rates),
+            inter_channels=2 * growth,
+            growth_channels=growth,
+        )
     if context_channels is not None:
-        raise ValueError("context_channels applies to context=aspp (a stack keeps the backbone's width)")
+        raise ValueError(
+            "context_channels applies to aspp and denseaspp (a stack keeps the backbone's width)"
+        )
     return StackHead(in_channels=channels, num_classes=num_classes, feature="out", rates=context_rates)
 
 
