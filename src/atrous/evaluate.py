@@ -36,7 +36,7 @@ def evaluate(
     """Metrics of `model` over `loader` ((images (N, 3, H, W), masks (N, H, W)) batches of equal-sized
     images): everything `ConfusionMatrix.compute()` gives (miou, pixel_acc, mean_acc, fw_iou,
     per_class_iou, dice, per_class_dice), `boundary_iou` and `per_class_boundary_iou` (when `boundary`;
-    Boundary IoU costs a few pooling passes per class and image), and `object_recall_by_size` over the
+    Boundary IoU costs two integer box sums per label map, whatever the classes), and `object_recall_by_size` over the
     regions of `object_classes` (None: every class). `loss(logits (1, K, H, W), mask (1, H, W)) -> scalar`
     (the training criterion) adds `loss`: its mean over images, one image at a time so that it does not
     depend on the batch size (Dice and OHEM are not sums over pixels).
