@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from atrous.cli import main
-from atrous.data import check_data
-from atrous.data.check import STRAY_GAP
+from atrous.data import build_dataset, check_data
+from atrous.data.check import STRAY_GAP, check_dataset
 from atrous.errors import AtrousError
 
 
@@ -49,6 +49,8 @@ def test_histogram_sizes_and_classes(tmp_path):
     assert report.image_sizes["median_short_side"] == 5 and report.image_sizes["distinct"] == 3
     text = report.format()
     assert "sky" in text and "no findings" in text
+    built = check_dataset(build_dataset(f"folder:{tmp_path}"))  # a data set already built: the same checks
+    assert built.label_histogram == report.label_histogram and built.image_sizes == report.image_sizes
 
 
 def test_stray_label_sets_the_class_count_and_is_named(tmp_path):

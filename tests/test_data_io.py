@@ -178,3 +178,25 @@ def test_spec_grammar_for_every_kind_and_paths_with_question_marks(tmp_path):
         build_dataset(f"folder:{weird}?bogus=1")
     with pytest.raises(AtrousError, match="option 'map' is given twice"):
         parse_spec("folder:d?map=0:1&map=1:0")
+
+
+def test_warnings_about_skipped_files_do_not_advise_skipping(tmp_path):
+    import warnings
+
+    from atrous.api import predict_files
+
+    root = _folder(
+        tmp_path / "d", "good.png", Image.fromarray(np.zeros((3, 3, 3), np.uint8)), np.zeros((3, 3))
+    )
+    (root / "images" / "bad.png").write_bytes(b"")
+    Image.fromarray(np.zeros((3, 3), np.uint8), mode="L").save(root / "masks" / "bad.png")
+    with pytest.raises(AtrousError, match=r"bad.png: the file is empty .*--skip-bad"):
+        build_dataset(f"folder:{root}", num_classes=1)  # stopping: the message says how to go on
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = build_dataset(f"folder:{root}", num_classes=1, skip_bad=True)
+    assert len(ds) == 1 and any("bad.png: the file is empty" in str(w.message) for w in caught)
+    assert not any("skip-bad" in str(w.message) or "skip_bad" in str(w.message) for w in caught)
+    results = list(predict_files(_Capture(), [root / "images"], tmp_path / "out", skip_bad=True))
+    (bad,) = [r for r in results if r.status == "bad"]
+    assert "the file is empty" in bad.detail and "skip-bad" not in bad.detail and "skip bad" not in bad.detail

@@ -21,7 +21,7 @@ from torch import nn
 from atrous._io import atomic_path
 from atrous.data import LabelConvention, encode_prediction, standard_palette
 from atrous.data.io import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported (the one list: atrous.data.io)
-from atrous.data.io import as_rgb_array, find_images, read_image
+from atrous.data.io import as_rgb_array, find_images, read_image, without_skip_hint
 from atrous.errors import AtrousError
 from atrous.inference import Infer, whole_image
 
@@ -222,7 +222,7 @@ def predict_files(
         except AtrousError as e:
             if not skip_bad:
                 raise
-            yield FileResult(source, "bad", str(e))
+            yield FileResult(source, "bad", without_skip_hint(str(e)))  # it is being skipped
             continue
         labels = predict(model, rgb, infer=infer)  # rgb is already 8-bit: intensity applied by read_image
         for path, image in (

@@ -2,7 +2,9 @@
 
 `check_data(spec, split=...)` reads every mask of the split once (through the data set's label
 convention) and every image header, and returns a `Report`: the label histogram, image sizes, classes
-and findings. Training calls it first and stops on an error; `atrous data check SPEC` prints it.
+and findings; `check_dataset(dataset)` does the same for a data set already built. Training calls
+`check_data` on its training and validation splits and stops on an error; `atrous data check SPEC`
+prints the reports.
 
 Errors (training would be silently wrong):
 - `ignore-only-foreground`: the masks hold 0 and 255 and nothing else. 255 is the ignore value, so the
@@ -118,9 +120,9 @@ class Report:
 def check_data(spec: str, split: str | None = None, *, num_classes: int | None = None) -> Report:
     """Check the data `spec` (split `split`) before training; see the module docstring.
 
-    Training calls it (after `build_dataset` would have been called) with the same spec, split and
-    `num_classes`, then `report.raise_for_errors()` and logs the warnings. Never raises for bad data: every
-    problem is a finding.
+    Never raises for bad data: every problem is a finding (`report.raise_for_errors()` turns the first
+    error into a one-line `DataError`); training calls it on its training and validation splits, raises
+    the errors and logs `report.warnings()`.
     """
     from atrous.data import available_splits, build_dataset
 
@@ -141,6 +143,13 @@ def check_data(spec: str, split: str | None = None, *, num_classes: int | None =
     except AtrousError as e:
         report.add("error", _code(str(e)), str(e))
         return report
+    return check_dataset(dataset, report)
+
+
+def check_dataset(dataset, report: Report | None = None) -> Report:
+    """The checks of `check_data` on a data set already built (no second class scan); generated data
+    (no `pairs`) gets an empty report."""
+    report = report or Report(data=getattr(dataset, "name", repr(dataset)), split=None)
     if not hasattr(dataset, "pairs"):
         report.classes, report.classes_from = list(dataset.classes), "generated"
         report.images = len(dataset)
