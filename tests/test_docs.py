@@ -37,7 +37,7 @@ PY_LANGS = {"python", "py"}
 SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
 
 FENCE = re.compile(r"^```(\w*)\s*$")
-INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+INLINE = re.compile(r"(?<!`)`([^`]+)`(?!`)")  # a span may wrap onto the next line
 DOTTED = re.compile(r"^atrous(?:\.[A-Za-z_]\w*)+$")
 INLINE_IMPORT = re.compile(r"^(from atrous[\w.]* import [\w, ]+|import atrous[\w.]*)")
 
@@ -61,14 +61,14 @@ def _blocks(path: Path) -> list[tuple[str, str, int, bool]]:
 
 
 def _prose(path: Path) -> str:
-    """The page without its fenced blocks."""
+    """The page without its fenced blocks, one line per paragraph (inline spans wrap)."""
     text, keep, inside = path.read_text().splitlines(), [], False
     for line in text:
         if line.startswith("```"):
             inside = not inside
         elif not inside:
             keep.append(line)
-    return "\n".join(keep)
+    return re.sub(r"(?<=\S)\n(?=\S)", " ", "\n".join(keep))
 
 
 def _page_id(path: Path) -> str:
