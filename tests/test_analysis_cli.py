@@ -177,3 +177,31 @@ def test_model_errors_come_from_the_registry_unwrapped(capsys):
     assert main(["grid", "--model", "dilated_net", "--opt", "rates=0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.count("model dilated_net") == 1 and "rates" in err
+
+
+def test_grid_draws_a_reparameterised_block_and_model(tmp_path, capsys):
+    """`--reparam 13`: UniRepLKNet's k=13 block as three maps (dilated branches alone, training form,
+    merged); `--model dilated_net --opt block=reparam`: the model in both forms, without holes where the
+    plain stack at rates 2,2,2 has 120."""
+    png, js = tmp_path / "r.png", tmp_path / "r.json"
+    assert main(["grid", "--reparam", "13", "--png", str(png), "--json", str(js)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    alone, train, merged = json.loads(js.read_text())
+    assert [d["form"] for d in (alone, train, merged)] == [
+        "dilated branches alone",
+        "training form",
+        "merged",
+    ]
+    assert alone["branches"] == [[5, 1], [7, 2], [3, 3], [3, 4], [3, 5]]
+    assert alone["holes"] > 0 and train["holes"] == merged["holes"] == 0
+    assert train["rf"] == merged["rf"] == [13, 13] and train["max_paths"] == 6 and merged["max_paths"] == 1
+    assert "K=13 training form" in capsys.readouterr().out
+    assert main(["grid", "--reparam", "7", "--branches", "3:3", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())[0]["holes"] == 49 - 9  # one 3x3 at rate 3 alone reads 9 of 49 taps
+    assert main(["grid", "--reparam", "5", "--branches", "3:3"]) == 2  # 7 px wide: not inside 5x5
+    assert main(["grid", "--reparam", "13", "--branches", "5-1"]) == 2
+    argv = ["grid", "--model", "dilated_net", "--opt", "rates=2,2,2", "--opt", "block=reparam"]
+    assert main([*argv, "--size", "21", "21", "--json", str(js)]) == 0
+    forms = json.loads(js.read_text())
+    assert [d["model"].split("(")[-1] for d in forms] == ["training form)", "merged)"]
+    assert [d["holes"] for d in forms] == [0, 0] and [d["rf"] for d in forms] == [[13, 13], [13, 13]]

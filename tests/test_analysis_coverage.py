@@ -15,9 +15,11 @@ from torch import nn
 from atrous.analysis import (
     coverage,
     coverage_model,
+    coverage_reparam,
     erf,
     hdc_check,
     hdc_plan,
+    merge_reparam,
     object_sizes,
     objects_at_risk,
     valid_weights,
@@ -94,6 +96,98 @@ def test_coverage_model_counts_max_pool_windows_and_skips_global_pooling():
             want_axis[p + t] += 1
     np.testing.assert_allclose(grid, np.outer(want_axis, want_axis))
     assert got["holes"] == 0 and got["rf"] == [6, 6]
+
+
+UNIREP_13 = ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5))  # the paper's k=13 block, written out again
+UNIREP_5 = ((3, 1), (3, 2))  # and its k=5 block (dilated_net's rate-2 layer)
+
+
+def _block_taps(kernel_size, branches, large):
+    """{(dy, dx): how many branches read that offset}, by listing each branch's taps (independent)."""
+    counts = Counter()
+    c = kernel_size // 2
+    if large:
+        counts.update(product(range(-c, c + 1), repeat=2))
+    for k, r in branches:
+        h = k // 2
+        counts.update((i * r, j * r) for i, j in product(range(-h, h + 1), repeat=2))
+    return counts
+
+
+def _convolve(a: Counter, b: Counter) -> Counter:
+    out = Counter()
+    for (ya, xa), va in a.items():
+        for (yb, xb), vb in b.items():
+            out[(ya + yb, xa + xb)] += va * vb
+    return out
+
+
+@pytest.mark.parametrize("large", [True, False])
+@pytest.mark.parametrize(
+    "kernel_size, branches", [(13, None), (9, ((5, 1), (5, 2), (3, 3), (3, 4))), (7, ((3, 3),))]
+)
+def test_reparam_block_counts_equal_brute_enumeration(kernel_size, branches, large):
+    cov = coverage_reparam(kernel_size, branches, large=large)
+    brute = _block_taps(kernel_size, branches or UNIREP_13, large)
+    c = kernel_size // 2
+    assert cov["coverage"] == [
+        [brute.get((y - c, x - c), 0) for x in range(kernel_size)] for y in range(kernel_size)
+    ]
+    reach = max(max(abs(y), abs(x)) for y, x in brute)
+    n = 2 * reach + 1
+    assert cov["rf"] == [n, n] and cov["holes"] == n * n - len(brute)
+    assert cov["spread"] == max(brute.values()) / min(brute.values())
+
+
+def test_reparam_k13_block_by_hand():
+    train, alone = coverage_reparam(13), coverage_reparam(13, large=False)
+    at = lambda cov, dy, dx: cov["coverage"][6 + dy][6 + dx]  # noqa: E731
+    assert at(train, 0, 0) == 6  # the large kernel and all five branches read the centre
+    assert at(train, 0, 6) == 2 and at(alone, 0, 6) == 1  # the large kernel and 7@2
+    assert at(train, 1, 6) == 1 and at(alone, 1, 6) == 0  # only the 5x5 reads offset 1, only 7@2 offset 6
+    assert train["holes"] == 0 and alone["holes"] > 0 and alone["rf"] == [13, 13]
+
+
+def test_reparam_block_both_forms_through_coverage_model():
+    """The real module: the training form's path counts are the exact tap counts (BatchNorm is linear in
+    eval mode), the merged kernel reads every tap once: no hole."""
+    from atrous.ops import DilatedReparam
+
+    block = DilatedReparam(2, 13)
+    train = coverage_model(block, (31, 31))
+    merged = coverage_model(merge_reparam(block), (31, 31))
+    top, left, bottom, right = train["box"]
+    box = np.array(train["coverage"])[top : bottom + 1, left : right + 1]
+    np.testing.assert_allclose(box, np.array(coverage_reparam(13)["coverage"], dtype=float), rtol=1e-12)
+    assert merged["rf"] == train["rf"] == [13, 13] and merged["holes"] == 0
+    top, left, bottom, right = merged["box"]
+    assert np.all(np.array(merged["coverage"])[top : bottom + 1, left : right + 1] == 1.0)
+
+
+def test_reparam_stack_closes_the_holes_of_the_plain_stack():
+    """dilated_net at rates 2,2,2: the plain stack grids (120 holes); block=reparam (a 5x5 large kernel
+    with 3@1 and 3@2 per layer) covers the same 13x13 field without a hole in both forms; the counts are
+    the block's tap counts convolved three times (training form) or three 5x5 boxes (merged)."""
+    from atrous import models
+
+    plain = models.build("dilated_net", 2, rates=(2, 2, 2), channels=3)
+    rep = models.build("dilated_net", 2, rates=(2, 2, 2), channels=3, block="reparam")
+    merged_model = merge_reparam(rep)
+    with torch.no_grad():  # the merged copy computes what the training form computes in eval mode
+        x = torch.rand(1, 3, 21, 21)
+        torch.testing.assert_close(merged_model(x), rep.eval()(x), rtol=1e-4, atol=1e-5)
+    assert not any(type(m).__name__ == "DilatedReparam" for m in merged_model.modules())
+    got = {
+        name: coverage_model(m, (41, 41))
+        for name, m in (("plain", plain), ("train", rep), ("merged", merged_model))
+    }
+    assert got["plain"]["holes"] == 120 and got["train"]["holes"] == got["merged"]["holes"] == 0
+    block, box5 = _block_taps(5, UNIREP_5, True), _block_taps(5, (), True)
+    for name, one in (("train", block), ("merged", box5)):
+        want = _convolve(_convolve(one, one), one)
+        assert got[name]["rf"] == [13, 13] and got[name]["box"] == [14, 14, 26, 26]
+        grid = [[float(want.get((y - 6, x - 6), 0)) for x in range(13)] for y in range(13)]
+        np.testing.assert_allclose(np.array(got[name]["coverage"])[14:27, 14:27], np.array(grid), rtol=1e-12)
 
 
 def _recurrence(rates):  # Wang et al. eq. for M_i, written out again for the test

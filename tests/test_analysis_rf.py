@@ -13,7 +13,7 @@ from torch import nn
 
 from atrous.analysis import receptive_field, small_object_limit
 from atrous.analysis.receptive_field import trace
-from atrous.ops import DUC, AtrousConv2d, BilinearUpsample, SmoothedAtrousConv2d
+from atrous.ops import DUC, AtrousConv2d, BilinearUpsample, DilatedReparam, SmoothedAtrousConv2d
 
 
 def _positive(model: nn.Module) -> nn.Module:
@@ -162,6 +162,7 @@ def test_smoothed_atrous_conv_matches_brute_force(method):
     "name, options",
     [
         ("dilated_net", {"rates": (1, 2, 5, 9), "channels": 4}),
+        ("dilated_net", {"rates": (1, 2, 5), "channels": 4, "block": "reparam"}),
         ("drn_d_22", {"width": 0.125}),
         # DUC's pixel shuffle is covered by test_crop_pad_shuffle_transposed_match_brute_force
         pytest.param("hdc_duc", {"width": 0.0625, "backbone": "resnet18"}, marks=pytest.mark.slow),
@@ -208,10 +209,12 @@ def test_every_registered_model_traces_to_its_real_shape_and_stride():
         # the coarsest map on the way; FCN-16s/8s call their fused prediction's stride their output stride
         coarsest = 32 if name in ("fcn16s", "fcn8s") else model.output_stride
         assert r["output_stride"] == coarsest, name
-        assert r["global"] == (name.startswith("deeplab")), name
-        # every op has a rule (FCN / DUC crops x[..., :h, :w] included); only v3+ at an odd size adds maps
-        # whose strides differ slightly (a 3x3 map resized to 10x12 beside the stride-4 one)
-        assert not r["notes"] or name == "deeplabv3plus", (name, r["notes"])
+        # image-level pooling (ASPP's and WASP's pooled branch) or squeeze-and-excitation (RegSeg's blocks)
+        assert r["global"] == (name in ("deeplabv3", "deeplabv3plus", "wasp", "regseg")), name
+        # every op has a rule (FCN / DUC crops x[..., :h, :w] included); only decoders that add a coarse map
+        # resized to a finer one's odd size (a 3x3 map resized to 10x12 beside the stride-4 one) are
+        # approximate: DeepLab v3+ and RegSeg
+        assert not r["notes"] or name in ("deeplabv3plus", "regseg"), (name, r["notes"])
 
 
 def test_small_object_limit_follows_skips_and_learned_upsampling():
@@ -322,3 +325,33 @@ def test_module_and_functional_forms_share_one_rule(layer):
     assert row_a == row_b
     h, w = a.output.shape[-2:]
     _check_against_brute_force(whole, (40, 44), [(h // 2, w // 2)], in_channels=4)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_dilated_reparam_block_both_forms_match_brute_force(merged):
+    """UniRepLKNet's k=13 block behind a strided stem: the training form (a 13x13 depthwise kernel beside
+    5@1, 7@2, 3@3, 3@4, 3@5, summed) and its merged 13x13 kernel have the same receptive field, 3 + 2*12 =
+    27 px, equal to the brute-force support; the rows show each branch's kernel and rate, or the one kernel."""
+    from atrous.analysis import merge_reparam
+
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, stride=2, padding=1), DilatedReparam(2, 13))
+    if merged:
+        model = merge_reparam(model)
+    r = _check_against_brute_force(model, (64, 64), [(16, 16), (15, 18)], in_channels=2)
+    assert r["rf"] == [27, 27] and r["output_stride"] == 2
+    taps = [(row["kernel"][0], row["dilation"][0]) for row in r["layers"][1:]]
+    assert taps == ([(13, 1)] if merged else [(13, 1), (5, 1), (7, 2), (3, 3), (3, 4), (3, 5)])
+
+
+def test_reparam_dilated_net_keeps_the_plain_receptive_field():
+    """dilated_net's block=reparam layer at rate r is a (2r+1) dense kernel: the plain stack's field
+    (3 + 2*(1+2+5+1+2+5) = 33 px), in both forms."""
+    from atrous import models
+    from atrous.analysis import merge_reparam
+
+    plain = models.build("dilated_net", 2, channels=4)
+    rep = models.build("dilated_net", 2, channels=4, block="reparam")
+    want = [33, 33]
+    assert receptive_field(plain, (64, 64))["rf"] == want
+    assert receptive_field(rep, (64, 64))["rf"] == want
+    assert receptive_field(merge_reparam(rep), (64, 64))["rf"] == want

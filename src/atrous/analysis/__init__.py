@@ -2,7 +2,15 @@
 effective receptive field and the small-object limit. Library functions; `atrous rf/grid/hdc/erf/objects`
 are thin layers over them."""
 
-from atrous.analysis.coverage import coverage, coverage_model, hdc_check, hdc_plan, path_profile
+from atrous.analysis.coverage import (
+    coverage,
+    coverage_model,
+    coverage_reparam,
+    hdc_check,
+    hdc_plan,
+    merge_reparam,
+    path_profile,
+)
 from atrous.analysis.erf import erf, object_sizes, objects_at_risk
 from atrous.analysis.receptive_field import receptive_field, small_object_limit
 from atrous.analysis.valid_weights import valid_weight_curve, valid_weights
@@ -10,9 +18,11 @@ from atrous.analysis.valid_weights import valid_weight_curve, valid_weights
 __all__ = [
     "coverage",
     "coverage_model",
+    "coverage_reparam",
     "erf",
     "hdc_check",
     "hdc_plan",
+    "merge_reparam",
     "object_sizes",
     "objects_at_risk",
     "path_profile",

@@ -11,6 +11,9 @@ alone accepts some lists that still leave holes, so `hdc_check` also counts the 
   given rates; holes inside the receptive field's box, the gridding ratio and the spread of path counts
   (max / min over covered pixels: an exponential schedule can cover every pixel yet weight them unevenly).
 - `coverage_model(model, input_size)`: the same for any model, in float64 (counts overflow integers).
+- `coverage_reparam(kernel_size, branches)`: exact tap counts of a UniRepLKNet dilated re-parameterisation
+  block (Ding et al., CVPR 2024): the union of its branches' taps; `merge_reparam(model)`: the model with
+  every such block merged into its one dense kernel (which has no holes), for `coverage_model`.
 - `hdc_check(rates, kernel_size)`, `hdc_plan(kernel_size, layers, max_rate)`.
 """
 
@@ -190,6 +193,68 @@ def coverage_model(
         "coverage": grid.tolist(),
         **_summary(int((box != 0).sum()), box.numel(), float(covered.min()), float(covered.max())),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dilated re-parameterisation (UniRepLKNet, Ding et al., CVPR 2024)
+# ----------------------------------------------------------------------------------------------------------
+def coverage_reparam(kernel_size: int = 13, branches=None, *, large: bool = True) -> dict:
+    """Exact tap counts of one `DilatedReparam` block: how many of its branches read each tap of the merged
+    `kernel_size` x `kernel_size` kernel (a (k, r) branch reads k x k taps r apart, centred).
+
+    With `large` the dense large kernel counts once on every tap (the training form: no hole, the branches
+    add weight where they read); without it, the dilated branches alone, whose union of taps can leave holes
+    (a tap no single branch reads on both axes, e.g. (1, 6) for the k=13 block: only the 5x5 reads offset 1,
+    only the 7x7 at rate 2 reads offset 6). `branches` defaults to UniRepLKNet's for `kernel_size`. Returns
+    `kernel_size`, `branches`, `large`, `rf` (the box of read taps), `coverage` (K x K counts) and the keys
+    of `coverage` (holes inside the box, gridding ratio, spread).
+    """
+    from atrous.ops import UNIREPLKNET_BRANCHES
+
+    k_large = _check_kernel(kernel_size)
+    if branches is None:
+        if k_large not in UNIREPLKNET_BRANCHES:
+            raise ValueError(
+                f"UniRepLKNet gives branches for kernel sizes {sorted(UNIREPLKNET_BRANCHES)}, not "
+                f"{k_large}: pass branches=((kernel, rate), ...)"
+            )
+        branches = UNIREPLKNET_BRANCHES[k_large]
+    branches = tuple((_check_kernel(k), _check_rates([r])[0]) for k, r in branches)
+    c = k_large // 2
+    grid = [[int(large)] * k_large for _ in range(k_large)]
+    for k, r in branches:
+        if r * (k - 1) + 1 > k_large:
+            raise ValueError(f"branch (kernel {k}, rate {r}) is wider than the {k_large}x{k_large} kernel")
+        offsets = [c + (t - k // 2) * r for t in range(k)]
+        for y in offsets:
+            for x in offsets:
+                grid[y][x] += 1
+    read = [i for i in range(k_large) if any(grid[i]) or any(row[i] for row in grid)]
+    lo, hi = min(read), max(read)
+    box = [row[lo : hi + 1] for row in grid[lo : hi + 1]]
+    values = [v for row in box for v in row if v]
+    return {
+        "kernel_size": k_large,
+        "branches": [list(b) for b in branches],
+        "large": large,
+        "rf": [hi - lo + 1, hi - lo + 1],
+        "coverage": grid,
+        **_summary(len(values), len(box) ** 2, min(values), max(values)),
+    }
+
+
+def merge_reparam(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with every `DilatedReparam` replaced by its merged convolution
+    (`reparameterize()`): the inference form, to analyse beside the training form."""
+    from atrous.ops import DilatedReparam
+
+    m = copy.deepcopy(model).eval()
+    if isinstance(m, DilatedReparam):
+        return m.reparameterize()
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, DilatedReparam):
+            m.set_submodule(name, mod.reparameterize())
+    return m
 
 
 # ----------------------------------------------------------------------------------------------------------

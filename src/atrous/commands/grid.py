@@ -1,5 +1,6 @@
-"""`atrous grid`: coverage map (number of paths from each input pixel to one output pixel) of a rate list or
-of a model; holes, gridding ratio and spread (`atrous.analysis.coverage`, `coverage_model`)."""
+"""`atrous grid`: coverage map (number of paths from each input pixel to one output pixel) of a rate list, of
+a model, or of one dilated re-parameterisation block; holes, gridding ratio and spread
+(`atrous.analysis.coverage`, `coverage_model`, `coverage_reparam`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rates of a stack of KxK convolutions; repeat to compare lists side by side",
     )
     parser.add_argument("--kernel", type=int, default=3, help="kernel size (odd, default 3)")
-    parser.add_argument("--model", help="a registered model instead of --rates (float64 path weights)")
+    parser.add_argument(
+        "--model",
+        help="a registered model instead of --rates (float64 path weights); a model with dilated "
+        "re-parameterisation blocks (dilated_net --opt block=reparam) is drawn in both forms",
+    )
+    parser.add_argument(
+        "--reparam",
+        type=int,
+        metavar="K",
+        help="instead: one dilated re-parameterisation block with a KxK large kernel (UniRepLKNet): its "
+        "dilated branches alone, its training form and its merged kernel",
+    )
+    parser.add_argument(
+        "--branches",
+        metavar="K1:R1,...",
+        help="the block's (kernel:rate) branches for --reparam (default UniRepLKNet's for K)",
+    )
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option")
     parser.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21)")
     parser.add_argument(
@@ -41,41 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.analysis import coverage, coverage_model
-    from atrous.commands._diagnostics import (
-        build_model,
-        check_outputs,
-        check_size,
-        fmt_float,
-        parse_rates,
-        plot_coverage,
-        table,
-        write_json,
-    )
+    from atrous.commands._diagnostics import check_outputs, fmt_float, plot_coverage, table, write_json
     from atrous.errors import AtrousError
 
     check_outputs(png=args.png, json=args.json)
     if args.valid_weights is not None:
         return _valid_weights(args)
-    if bool(args.rates) == bool(args.model):
-        raise AtrousError("give --rates R1,R2,... (one or more times) or --model NAME, not both")
-    results, titles = [], []
+    if sum(map(bool, (args.rates, args.model, args.reparam is not None))) != 1:
+        raise AtrousError(
+            "give one of --rates R1,R2,... (one or more times), --model NAME or --reparam K, e.g. --rates 1,2,5"
+        )
     if args.model:
-        size = check_size(args.size)
-        model = build_model(args.model, args.opt, args.num_classes)
-        res = coverage_model(model, size)
-        top, left, bottom, right = res["box"]
-        crop = [row[left : right + 1] for row in res["coverage"][top : bottom + 1]]
-        results.append({"model": args.model, **res})
-        titles.append((f"{args.model} {' '.join(args.opt)}".strip(), crop))
+        results, titles = _model_maps(args)
+    elif args.reparam is not None:
+        results, titles = _reparam_maps(args)
     else:
-        for text in args.rates:
-            try:
-                res = coverage(parse_rates(text), args.kernel)
-            except ValueError as e:
-                raise AtrousError(f"--rates {text} --kernel {args.kernel}: {e}") from None
-            results.append(res)
-            titles.append((f"rates {text}, {args.kernel}x{args.kernel}", res["coverage"]))
+        results, titles = _rate_maps(args)
     rows = [
         [
             title,
@@ -97,6 +95,86 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
+
+
+def _crop(res: dict) -> list[list]:
+    """A model's (H, W) coverage map cut to the box of reached pixels."""
+    top, left, bottom, right = res["box"]
+    return [row[left : right + 1] for row in res["coverage"][top : bottom + 1]]
+
+
+def _model_maps(args: argparse.Namespace) -> tuple[list[dict], list]:
+    """The model's coverage; for a model with DilatedReparam blocks, its training and merged forms."""
+    from atrous.analysis import coverage_model, merge_reparam
+    from atrous.commands._diagnostics import build_model, check_size
+    from atrous.ops import DilatedReparam
+
+    size = check_size(args.size)
+    model = build_model(args.model, args.opt, args.num_classes)
+    name = f"{args.model} {' '.join(args.opt)}".strip()
+    forms = [(name, model)]
+    if any(isinstance(m, DilatedReparam) for m in model.modules()):
+        forms = [(f"{name} (training form)", model), (f"{name} (merged)", merge_reparam(model))]
+    results, titles = [], []
+    for title, m in forms:
+        res = coverage_model(m, size)
+        results.append({"model": title, **res})
+        titles.append((title, _crop(res)))
+    return results, titles
+
+
+def _reparam_maps(args: argparse.Namespace) -> tuple[list[dict], list]:
+    """One DilatedReparam block: its dilated branches alone (exact tap counts), its training form and its
+    merged kernel (both through `coverage_model` on the real module)."""
+    from atrous.analysis import coverage_model, coverage_reparam, merge_reparam
+    from atrous.errors import AtrousError
+    from atrous.ops import DilatedReparam
+
+    k = args.reparam
+    branches = _parse_branches(args.branches) if args.branches else None
+    try:
+        alone = coverage_reparam(k, branches, large=False)
+        block = DilatedReparam(1, k, branches=alone["branches"])
+    except ValueError as e:
+        raise AtrousError(f"--reparam {k} --branches {args.branches or '(UniRepLKNet)'}: {e}") from None
+    spec = " ".join(f"{b}@{r}" for b, r in alone["branches"])
+    results = [{"form": "dilated branches alone", **alone}]
+    titles = [(f"K={k} branches {spec} alone", alone["coverage"])]
+    for form, m in (("training form", block), ("merged", merge_reparam(block))):
+        res = coverage_model(m, (2 * k + 1, 2 * k + 1))
+        results.append({"form": form, "kernel_size": k, "branches": alone["branches"], **res})
+        titles.append((f"K={k} {form}", _crop(res)))
+    return results, titles
+
+
+def _parse_branches(text: str) -> list[tuple[int, int]]:
+    from atrous.errors import AtrousError
+
+    try:
+        pairs = [tuple(int(v) for v in part.split(":")) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise AtrousError(
+            f"--branches {text!r}: write kernel:rate pairs separated by commas, e.g. 5:1,7:2,3:3"
+        )
+    return pairs
+
+
+def _rate_maps(args: argparse.Namespace) -> tuple[list[dict], list]:
+    from atrous.analysis import coverage
+    from atrous.commands._diagnostics import parse_rates
+    from atrous.errors import AtrousError
+
+    results, titles = [], []
+    for text in args.rates:
+        try:
+            res = coverage(parse_rates(text), args.kernel)
+        except ValueError as e:
+            raise AtrousError(f"--rates {text} --kernel {args.kernel}: {e}") from None
+        results.append(res)
+        titles.append((f"rates {text}, {args.kernel}x{args.kernel}", res["coverage"]))
+    return results, titles
 
 
 def _valid_weights(args: argparse.Namespace) -> int:
