@@ -256,18 +256,3 @@ def test_stems_match_across_unicode_normalisation_and_duplicates_are_named(tmp_p
     Image.fromarray(_rgb(2, 2, 1)).save(tmp_path / "images" / f"{name}.jpg")
     with pytest.raises(AtrousError, match="have the same name stem"):
         build_dataset(f"folder:{tmp_path}", num_classes=1)
-
-
-def test_image_modes_are_read_as_rgb(tmp_path):
-    from atrous.data.io import read_image
-
-    rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
-    assert np.array_equal(read_image(tmp_path / "rgba.png"), rgba[:, :, :3])  # alpha dropped
-    grey = np.random.default_rng(1).integers(0, 256, (3, 4), dtype=np.uint8)
-    Image.fromarray(grey, mode="L").convert("P").save(tmp_path / "pal.png")
-    assert np.array_equal(read_image(tmp_path / "pal.png"), np.stack([grey] * 3, axis=2))
-    deep = np.array([[0, 257, 65535], [128, 32768, 1000]], dtype=np.uint16)
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    expected = np.round(deep / 257.0).astype(np.uint8)  # 16 -> 8 bits by value / 257
-    assert np.array_equal(read_image(tmp_path / "deep.png"), np.stack([expected] * 3, axis=2))

@@ -200,3 +200,16 @@ def test_warnings_about_skipped_files_do_not_advise_skipping(tmp_path):
     results = list(predict_files(_Capture(), [root / "images"], tmp_path / "out", skip_bad=True))
     (bad,) = [r for r in results if r.status == "bad"]
     assert "the file is empty" in bad.detail and "skip-bad" not in bad.detail and "skip bad" not in bad.detail
+
+
+def test_image_modes_are_read_as_rgb(tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), rgba[:, :, :3])  # alpha dropped
+    grey = np.random.default_rng(1).integers(0, 256, (3, 4), dtype=np.uint8)
+    Image.fromarray(grey, mode="L").convert("P").save(tmp_path / "pal.png")
+    assert np.array_equal(read_image(tmp_path / "pal.png"), np.stack([grey] * 3, axis=2))
+    deep = np.array([[0, 257, 65535], [128, 32768, 1000]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    expected = np.round(deep / 257.0).astype(np.uint8)  # auto: max 65535 > 255, so value * 255 / 65535
+    assert np.array_equal(read_image(tmp_path / "deep.png"), np.stack([expected] * 3, axis=2))
