@@ -29,6 +29,7 @@ TINY = {
     "poolnet": {"channels": 4, "context": "aspp", "context_rates": [1, 2]},
     "denseaspp": {"backbone": "resnet18", "width": 0.125},
     "wasp": {"backbone": "resnet18", "width": 0.125},
+    "regseg": {"width": 0.125},
 }
 
 

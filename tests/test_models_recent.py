@@ -19,6 +19,7 @@ CASES = {
     "denseaspp": ("denseaspp", {"backbone": "resnet18", "width": 0.125}),
     "denseaspp-os16": ("denseaspp", {"backbone": "resnet18", "width": 0.125, "output_stride": 16}),
     "wasp": ("wasp", {"backbone": "resnet18", "width": 0.125}),
+    "regseg": ("regseg", {"width": 0.125}),
 }
 
 

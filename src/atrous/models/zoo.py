@@ -38,6 +38,7 @@ from atrous.models.heads import (
     aspp_rates,
 )
 from atrous.models.poolnet import poolnet
+from atrous.models.regseg import regseg
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
 from atrous.models.wasp import wasp
 
@@ -404,6 +405,12 @@ MODELS: dict[str, Entry] = {
         "WASP head: dilated ResNet (output stride 16) + waterfall of atrous convs (rates 6,12,18,24) whose "
         "every output is also a branch, with image pooling",
         "Artacho & Savakis, Sensors 2019",
+    ),
+    "regseg": Entry(
+        regseg,
+        "RegSeg exp48_decoder26: D blocks (grouped 3x3 split over rates 1 and d), stride 16 then dilation "
+        "1; 1,2; 4x 1,4; 7x 1,14 (rate-bound checked), decoder at stride 4",
+        "Gao 2021 (arXiv 2111.09957)",
     ),
 }
 
