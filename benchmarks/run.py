@@ -3,9 +3,11 @@
 Prints one table per benchmark and writes everything to benchmarks/results.json (atomically):
 1. dilated conv against dense conv of the same shape (benchmarks/conv.py);
 2. models against torchvision with the same weights, inference at batch 1 (benchmarks/models.py);
-3. training steps; 4. scaling with the input size; 5. the demo's models at the demo's resolution.
+3. training steps; 4. scaling with the input size; 5. the demo's models at the demo's resolution;
+6. bfloat16 against float32 inference (benchmarks/precision.py).
 Times are medians of repeats run round-robin in this process; memory comes from a fresh process per row.
 `--quick` shrinks every benchmark (small shapes, few repeats) to check that it all runs, in seconds.
+`--merge` keeps the other sections of an existing --out file (meta.merged_runs says which ran when, where).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 import conv
 import demo_models
 import models
+import precision
 from atrous._io import atomic_write_text
 
-SECTIONS = ("conv", "inference", "training", "scaling", "demo")
+SECTIONS = ("conv", "inference", "training", "scaling", "demo", "precision")
 
 
 def machine() -> dict:
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")), help="JSON path")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the sections of an existing --out that are not run"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         # a smoke run of tiny shapes: thousands of tiny parallel regions, each waiting for the slowest
@@ -70,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {},
         "cpu_seconds": {},
     }
+    if args.merge and Path(args.out).is_file():  # the earlier run's sections and meta, this run's noted
+        old = json.loads(Path(args.out).read_text())
+        this_run = {"sections": args.only, **results["meta"]}
+        results["meta"] = {**old["meta"], "merged_runs": [*old["meta"].get("merged_runs", []), this_run]}
+        for section in (s for s in SECTIONS if s in old and s not in args.only):
+            results[section] = old[section]
+            for key in ("seconds", "cpu_seconds"):
+                if section in old.get(key, {}):
+                    results[key][section] = old[key][section]
     print(f"atrous benchmarks{' (--quick)' if args.quick else ''} on {results['meta']['machine']['cpu']}")
 
     def timed(name, fn):
@@ -102,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if "demo" in args.only:
         print("== 5. the demo's models")
         timed("demo", lambda: demo_models.run(quick=args.quick))
+    if "precision" in args.only:
+        print("== 6. bf16 against fp32 inference")
+        timed("precision", lambda: precision.run(quick=args.quick))
     results["seconds"]["total"] = time.perf_counter() - started
     atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} in {results['seconds']['total']:.1f} s")

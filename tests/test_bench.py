@@ -72,4 +72,16 @@ def test_quick_bench_json_structure(quick_results):
     assert len(scaling["rows"]) >= 2 and isinstance(scaling["time_exponent"], float)
     assert scaling["real_flops_exponent"] == pytest.approx(1.0, abs=0.15)
     assert res["demo"]["rows"] and res["demo"]["input_shape"][0] == 1
+    # 6. bf16 against fp32: both bf16 forms timed against fp32, labels compared, optimize's choice recorded
+    precision = res["precision"]
+    assert isinstance(precision["cpu_flags"], list)
+    for name in ("trained", "resnet50"):
+        part = precision[name]
+        assert set(part["rows"]) == {"fp32", "bf16_autocast", "bf16_weights"}
+        fp32 = part["rows"]["fp32"]
+        assert fp32["speedup_vs_fp32"] == 1.0 and fp32["label_agreement_vs_fp32"] == 1.0
+        for row in part["rows"].values():
+            assert _is_time(row["median_s"]) and 0.0 <= row["label_agreement_vs_fp32"] <= 1.0
+            assert row["speedup_vs_fp32"] == pytest.approx(fp32["median_s"] / row["median_s"])
+        assert part["optimize_bf16_chose"] in ("autocast", "weights")
     assert "wrote" in stdout

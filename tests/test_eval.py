@@ -102,6 +102,14 @@ def test_eval_optimized_model_by_default(checkpoint, tmp_path):
     assert optimized["pixel_acc"] == pytest.approx(plain["pixel_acc"], abs=1e-3)
 
 
+def test_eval_in_bf16_gives_the_fp32_metrics(checkpoint, tmp_path):
+    """`--precision bf16` changes the labels of at most a few near-tie pixels: pixel accuracy within 2 %."""
+    plain = run_eval(checkpoint, tmp_path)
+    bf16 = run_eval(checkpoint, tmp_path, "--precision", "bf16")
+    assert bf16["precision"] == "bf16" and plain["precision"] == "fp32"
+    assert bf16["pixel_acc"] == pytest.approx(plain["pixel_acc"], abs=0.02)
+
+
 def test_sliding_window_covering_the_image_equals_whole_image(checkpoint, tmp_path):
     whole = run_eval(checkpoint, tmp_path, "--no-optimize")
     sliding = run_eval(checkpoint, tmp_path, "--no-optimize", "--sliding", "64")
@@ -128,6 +136,7 @@ def test_tta_against_brute_force(checkpoint, tmp_path):
         (["--data", DATA, "--stride", "8"], "--stride needs --sliding"),
         (["--data", DATA, "--device", "foo"], "not a torch device"),
         (["--data", DATA, "--sliding", "8", "--stride", "12"], "must not exceed the window"),
+        (["--data", DATA, "--precision", "fp16"], "--precision fp16: fp16 runs on CUDA GPUs only"),
     ],
 )
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys, args, message):

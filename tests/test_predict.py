@@ -256,3 +256,22 @@ def test_predict_with_sliding_window_and_tta(checkpoint, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / "0000.png")), expected)
     # and the strategy mattered for this model: the plain prediction differs
     assert not np.array_equal(predict(load(checkpoint), image), expected)
+
+
+def test_precision_bf16_predicts_the_fp32_labels_and_fp16_needs_cuda(checkpoint, tmp_path, capsys):
+    """`--precision bf16` (on the CPU: emulated where the CPU has no native bf16) against the fp32 labels;
+    `--precision fp16` on the CPU stops in one line before any file is read."""
+    image = write_images(tmp_path / "in", 1, size=(40, 36))[0]
+    args = ["predict", "--checkpoint", str(checkpoint), str(image)]
+    assert main([*args, "--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    got = np.asarray(Image.open(tmp_path / "bf16" / "masks" / "0000.png"))
+    expected = predict(load(checkpoint), image)
+    assert (got == expected).mean() >= 0.98
+    bf16 = load(checkpoint, dtype="bf16")  # the Python form: a Precision wrapper that keeps .meta
+    assert bf16.meta == load(checkpoint).meta and bf16.dtype is torch.bfloat16
+    assert (predict(bf16, image) == expected).mean() >= 0.98
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "fp16"), "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--precision fp16: fp16 runs on CUDA GPUs only, not on cpu" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "fp16").exists()

@@ -1,13 +1,15 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over the target.
 
 A reader (or a run killed half-way) therefore sees either the old complete file or the new complete one,
-never a truncated file where a good one was.
+never a truncated file where a good one was. The file gets the mode a plain `open(path, "w")` would give:
+an existing file's mode, else 0o666 minus the user's umask (not the 0o600 of the temporary file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _open_mode(target: Path) -> int:
+    """The permission bits `open(target, "w")` leaves: the existing file's, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is synced and renamed onto `path`.
@@ -40,6 +64,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), _open_mode(target))
             os.fsync(f.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)

@@ -61,13 +61,23 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
     )
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, dtype: str | torch.dtype | None = None
+) -> nn.Module:
     """Load an atrous checkpoint: the model in eval mode on `device`, with `model.meta` (a `ModelMeta`).
 
-    A missing, corrupt or code-carrying file, or a checkpoint whose weights do not fit its model, raises
-    `AtrousError` naming the file.
+    `dtype` ("fp32", "bf16", "fp16" or a torch dtype; default float32) runs the model in that precision:
+    a 16-bit dtype gives an `atrous.optimize.Precision` wrapper (float32 logits; `.meta` and the model's
+    other attributes reach through it) in whichever of autocast and cast weights measured faster here.
+    fp16 needs a CUDA device. A missing, corrupt or code-carrying file, or a checkpoint whose weights do not
+    fit its model, raises `AtrousError` naming the file.
     """
     from atrous.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from atrous.optimize.pipeline import random_example
+    from atrous.optimize.precision import check_supported, resolve_dtype, with_precision
+
+    dtype = resolve_dtype(dtype)
+    check_supported(dtype, device)  # before the file is read: a wrong choice fails at once
 
     ck = load_checkpoint(path)
     try:
@@ -79,7 +89,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         ) from None
     model = build_model_from_checkpoint(ck, source=f"checkpoint {path}")
     model.meta = meta
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    if dtype == torch.float32:
+        return model
+    return with_precision(model, dtype, example_input=random_example(model))
 
 
 def _model_device(model: nn.Module) -> torch.device:

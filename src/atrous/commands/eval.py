@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     from atrous._io import atomic_write_text
     from atrous.data import available_splits, build_dataset, eval_transform
-    from atrous.evaluate import evaluate
     from atrous.errors import AtrousError
+    from atrous.evaluate import evaluate
     from atrous.inference import describe
 
     if args.workers < 0:
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "images": len(dataset),
             "skipped": len(getattr(dataset, "skipped", ())),  # unreadable pairs left out (--skip-bad)
             "inference": describe(infer),
+            "precision": args.precision,
             "class_names": list(meta.classes),
             **metrics,
         }
