@@ -22,7 +22,7 @@ from pathlib import Path
 
 from atrous.data.base import pair_up, standard_palette
 from atrous.data.io import IGNORE_INDEX, DataError, check_dir, list_files
-from atrous.data.labels import LabelConvention
+from atrous.data.labels import LabelConvention, check_palette
 
 # Above this, a scanned class count is refused without a classes file (a 16-bit instance mask, not classes).
 MAX_SCANNED_LABEL = 1000
@@ -70,14 +70,7 @@ def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | No
             f"{source}: {len(names)} classes, but label {IGNORE_INDEX} is reserved for ignore: at most 255"
         )
     if palette is not None:
-        ok = isinstance(palette, list) and len(palette) == len(names)
-        ok = ok and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-            for c in palette
-        )
-        if not ok:
-            raise DataError(f"{source}: 'palette' must hold one [r, g, b] (0..255) per class ({len(names)})")
-        palette = [tuple(c) for c in palette]
+        palette = check_palette(palette, len(names), source)
     return names, palette
 
 

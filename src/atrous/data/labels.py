@@ -199,6 +199,23 @@ def parse_ignore(text, source: str) -> dict[int, int]:
     return dict.fromkeys(values, IGNORE_INDEX)
 
 
+def check_palette(colours, count: int, source, *, unique: bool = False) -> list[Colour]:
+    """`colours` as `count` (r, g, b) tuples of 0..255, or a one-line DataError naming `source`; with
+    `unique` (a palette that decodes colour masks) no colour may stand for two classes."""
+    ok = isinstance(colours, (list, tuple)) and len(colours) == count
+    ok = ok and all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in colours
+    )
+    if not ok:
+        raise DataError(f"{source}: the palette must hold one [r, g, b] (0..255) per class ({count})")
+    out = [tuple(int(v) for v in c) for c in colours]
+    if unique and len(set(out)) != len(out):
+        dup = next(c for c in out if out.count(c) > 1)
+        raise DataError(f"{source}: colour {dup} is listed twice: each class needs its own colour")
+    return out
+
+
 def read_palette_file(path: Path) -> tuple[list[str], list[Colour]]:
     """(names, colours) from a CVAT `labelmap.txt` (`name:r,g,b:parts:actions` per line, `#` comments) or a
     `classes.json` (`{"classes": [...], "palette": [[r, g, b], ...]}`); a colour's line is its value."""
@@ -211,7 +228,7 @@ def read_palette_file(path: Path) -> tuple[list[str], list[Colour]]:
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
-            names, colours = list(data["classes"]), [tuple(c) for c in data["palette"]]
+            names, colours = list(data["classes"]), data["palette"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(
                 f"{path}: a JSON palette needs 'classes' and 'palette' ({type(e).__name__}): "
@@ -231,11 +248,7 @@ def read_palette_file(path: Path) -> tuple[list[str], list[Colour]]:
                 raise DataError(f"{path}:{number}: expected 'name:r,g,b::' (CVAT labelmap.txt), got {line!r}")
             names.append(name.strip())
             colours.append(colour)
-    ok = len(names) == len(colours) and names
-    ok = ok and all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colours)
-    if not ok:
-        raise DataError(f"{path}: needs one name and one [r, g, b] colour (0..255) per class")
-    if len(set(colours)) != len(colours):
-        dup = next(c for c in colours if colours.count(c) > 1)
-        raise DataError(f"{path}: colour {dup} is listed twice: each class needs its own colour")
-    return [str(n) for n in names], [tuple(int(v) for v in c) for c in colours]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(f"{path}: needs one non-empty name and one [r, g, b] colour per class")
+    colours = check_palette(colours, len(names), path, unique=True)
+    return [n.strip() for n in names], colours
