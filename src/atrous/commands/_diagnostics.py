@@ -14,10 +14,23 @@ from pathlib import Path
 from atrous.errors import AtrousError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
-    parser.add_argument(
-        "model", nargs=None if model_required else "?", help="a registered model name (see `atrous models`)"
-    )
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    model_required: bool = True,
+    model_flag: str | None = None,
+    size: tuple[int, int] = (512, 512),
+) -> None:
+    """MODEL (positional; optional unless `model_required`) or, with `model_flag` (its help text), a
+    `--model NAME` option; then --opt, --num-classes and --size (default `size`)."""
+    if model_flag is not None:
+        parser.add_argument("--model", help=model_flag)
+    else:
+        parser.add_argument(
+            "model",
+            nargs=None if model_required else "?",
+            help="a registered model name (see `atrous models`)",
+        )
     parser.add_argument(
         "--opt", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. output_stride=8"
     )
@@ -26,9 +39,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool
         "--size",
         type=int,
         nargs=2,
-        default=(512, 512),
+        default=size,
         metavar=("H", "W"),
-        help="input size (default 512 512)",
+        help=f"input size (default {size[0]} {size[1]})",
     )
 
 

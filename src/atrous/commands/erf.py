@@ -9,8 +9,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from atrous.commands._diagnostics import add_model_arguments
 
-    add_model_arguments(parser, model_required=False)
-    parser.set_defaults(size=(257, 257))
+    add_model_arguments(parser, model_required=False, size=(257, 257))
     parser.add_argument(
         "--checkpoint", metavar="CK", help="use a trained checkpoint's model (MODEL not needed)"
     )

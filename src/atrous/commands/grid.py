@@ -8,6 +8,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from atrous.commands._diagnostics import add_model_arguments
+
     parser.add_argument(
         "--rates",
         action="append",
@@ -16,10 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rates of a stack of KxK convolutions; repeat to compare lists side by side",
     )
     parser.add_argument("--kernel", type=int, default=3, help="kernel size (odd, default 3)")
-    parser.add_argument(
-        "--model",
-        help="a registered model instead of --rates (float64 path weights); a model with dilated "
+    add_model_arguments(
+        parser,
+        model_flag="a registered model instead of --rates (float64 path weights); a model with dilated "
         "re-parameterisation blocks (dilated_net --opt block=reparam) is drawn in both forms",
+        size=(129, 129),
     )
     parser.add_argument(
         "--reparam",
@@ -32,16 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--branches",
         metavar="K1:R1,...",
         help="the block's (kernel:rate) branches for --reparam (default UniRepLKNet's for K)",
-    )
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option")
-    parser.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21)")
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(129, 129),
-        metavar=("H", "W"),
-        help="model input size (default 129)",
     )
     parser.add_argument(
         "--valid-weights",
