@@ -184,6 +184,30 @@ def test_inline_names_and_imports_resolve(path):
                 raise AssertionError(f"{_page_id(path)}: `{statement}` fails: {e}") from e
 
 
+TEST_REF = re.compile(r"^(?:tests/(test_\w+\.py))?(?:::(test_\w+))?$")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_page_id)
+def test_named_tests_exist(path):
+    """`tests/test_x.py` and `tests/test_x.py::test_name` exist; `::test_name` alone names a test of the
+    last file the page named (guarantees.md lists each promise with its test)."""
+    last = None
+    for span in INLINE.findall(_prose(path)):
+        m = TEST_REF.match(span.strip())
+        if not m or not any(m.groups()):
+            continue
+        file, name = m.groups()
+        if file:
+            last = ROOT / "tests" / file
+            assert last.is_file(), f"{_page_id(path)} names tests/{file}, which does not exist"
+        assert last is not None, f"{_page_id(path)}: `{span}` follows no tests/FILE.py"
+        if name:
+            source = last.read_text()
+            assert re.search(rf"^(?:async )?def {name}\(", source, re.M), (
+                f"{_page_id(path)} names {last.name}::{name}, which is not a test there"
+            )
+
+
 # --- the command lines -------------------------------------------------------------------------------
 
 
