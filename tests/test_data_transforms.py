@@ -54,6 +54,21 @@ def test_crop_pads_mask_with_255_and_image_with_0():
     assert torch.equal(torch.round(out_image[:, y0 : y0 + 10, x0 : x0 + 12] * 255).to(torch.uint8), image)
 
 
+def test_crop_pads_the_mask_with_the_chosen_ignore_index():
+    # With ignore index 7, padding is 7 and a stored 255 stays an ordinary value (here: class 255's pixels).
+    torch.manual_seed(0)
+    image, mask = _pattern(h=10, w=12)
+    mask[0, 0] = 255
+    t = train_transform(
+        crop_size=30, scale=(1.0, 1.0), hflip=False, color_jitter=0.0, mean=ZERO_MEAN, std=UNIT_STD,
+        ignore_index=7,
+    )  # fmt: skip
+    out_image, out_mask = t(image, mask)
+    pad = out_mask == 7
+    assert int(pad.sum()) == 30 * 30 - 10 * 12 and int((out_mask == 255).sum()) == 1
+    assert bool((out_image[:, pad] == 0).all())
+
+
 def test_alignment_survives_crop_and_flip_exactly():
     image, mask = _pattern()
     t = train_transform(crop_size=25, scale=(1.0, 1.0), color_jitter=0.0, mean=ZERO_MEAN, std=UNIT_STD)

@@ -63,7 +63,8 @@ class TrainData:
 def image_sizes(dataset, limit: int = _CROP_SAMPLE) -> list[tuple[int, int]]:
     """(height, width) of up to `limit` evenly spaced items; file data sets read only the image headers."""
     n = len(dataset)
-    indices = sorted({round(i * (n - 1) / max(limit - 1, 1)) for i in range(min(n, limit))})
+    k = min(n, limit)
+    indices = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})  # all of them when n <= limit
     pairs = getattr(dataset, "pairs", None)
     if pairs is not None:
         from atrous.data.io import open_image, oriented_size
