@@ -1,6 +1,6 @@
 """Diagnostics of dilated networks: receptive field, gridding coverage, HDC rate rules, valid weights,
 effective receptive field and the small-object limit. Library functions; `atrous rf/grid/hdc/erf/objects`
-are thin layers over them."""
+are thin layers over them, and `plots` draws their figures."""
 
 from atrous.analysis.coverage import (
     coverage,
@@ -11,7 +11,8 @@ from atrous.analysis.coverage import (
     merge_reparam,
     path_profile,
 )
-from atrous.analysis.erf import erf, object_sizes, objects_at_risk
+from atrous.analysis.erf import erf
+from atrous.analysis.objects import object_sizes, objects_at_risk
 from atrous.analysis.receptive_field import receptive_field, small_object_limit
 from atrous.analysis.valid_weights import valid_weight_curve, valid_weights
 

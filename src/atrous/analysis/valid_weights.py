@@ -57,28 +57,3 @@ def valid_weights(size, rate: int, kernel_size: int = 3) -> dict:
 def valid_weight_curve(size=65, rates=range(1, 72), kernel_size: int = 3) -> list[dict]:
     """`valid_weights` for each rate (the data of DeepLab v3's Fig. 4 with the defaults)."""
     return [valid_weights(size, r, kernel_size) for r in rates]
-
-
-def plot_valid_weights(curve: list[dict], path) -> None:
-    """Fig. 4 style: share of positions with each number of valid weights against the rate (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from atrous._io import atomic_path
-
-    rates = [c["rate"] for c in curve]
-    counts = sorted({k for c in curve for k in c["histogram"]})
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for k in counts:
-        ax.plot(rates, [c["histogram"].get(k, 0.0) for c in curve], label=f"{k} valid")
-    ax.plot(rates, [c["mean_fraction"] for c in curve], "k--", label="mean fraction")
-    h, w = curve[0]["size"]
-    ks = curve[0]["kernel_size"]
-    ax.set(xlabel="atrous rate", ylabel="share of positions", title=f"valid weights, {ks}x{ks} on {h}x{w}")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -125,33 +125,6 @@ def parse_rates(text: str) -> tuple[int, ...]:
     return rates
 
 
-def plot_coverage(maps: list[tuple[str, list[list]]], path) -> None:
-    """Coverage maps side by side (log colour scale; holes in white) as a PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from atrous._io import atomic_path
-
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4.0), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], maps):
-        arr = np.array([[float(v) for v in row] for row in grid])
-        shown = np.where(arr > 0, np.log10(np.where(arr > 0, arr, 1.0)), np.nan)
-        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-        im = ax.imshow(shown, cmap=cmap, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, label="log10 paths")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
 def fmt_float(v, digits: int = 3) -> str:
     if v is None:
         return "-"

@@ -40,7 +40,7 @@ def load_model(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import erf
-    from atrous.analysis.erf import plot_erf
+    from atrous.analysis.plots import plot_erf
     from atrous.commands._diagnostics import check_outputs, check_size, write_json
     from atrous.errors import AtrousError
 

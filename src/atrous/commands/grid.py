@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.commands._diagnostics import check_outputs, fmt_float, plot_coverage, table, write_json
+    from atrous.analysis.plots import plot_coverage
+    from atrous.commands._diagnostics import check_outputs, fmt_float, table, write_json
     from atrous.errors import AtrousError
 
     check_outputs(png=args.png, json=args.json)
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 print("".join("." if v == 0 else str(min(9, len(str(int(v))) - 1)) for v in row))
     if args.png:
         plot_coverage(titles, args.png)
+        print(f"wrote {args.png}")
     if args.json:
         write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
@@ -172,7 +174,7 @@ def _rate_maps(args: argparse.Namespace) -> tuple[list[dict], list]:
 
 def _valid_weights(args: argparse.Namespace) -> int:
     from atrous.analysis import valid_weight_curve
-    from atrous.analysis.valid_weights import plot_valid_weights
+    from atrous.analysis.plots import plot_valid_weights
     from atrous.commands._diagnostics import table, write_json
     from atrous.errors import AtrousError
 

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous.analysis import erf, object_sizes, objects_at_risk, receptive_field
+    from atrous.analysis.plots import plot_object_sizes
     from atrous.commands._diagnostics import check_outputs, table, write_json
     from atrous.data import build_dataset
     from atrous.errors import AtrousError
@@ -89,35 +90,10 @@ def run(args: argparse.Namespace) -> int:
         )
         print("a class is at risk when a quarter or more of its objects are narrower than the limit")
     if args.png:
-        _plot(sizes, classes, limit, (model_info or {}).get("erf_radius95"), args.png)
+        plot_object_sizes(
+            sizes, classes, args.png, limit=limit, erf_radius=(model_info or {}).get("erf_radius95")
+        )
+        print(f"wrote {args.png}")
     if args.json:
         write_json(args.json, {"data": args.data, "classes": classes, "per_class": rows, "model": model_info})
     return 0
-
-
-def _plot(sizes, classes, limit, erf_radius, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from atrous._io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    top = max((max(v) for v in sizes.values() if v), default=1.0)
-    bins = np.geomspace(1, max(top, 2) * 1.01, 24)
-    for c, values in sizes.items():
-        label = classes[c] if c < len(classes) else str(c)
-        ax.hist(values, bins=bins, histtype="step", label=label)
-    if limit:
-        ax.axvline(limit, color="red", ls="--", label=f"small-object limit {limit}px")
-    if erf_radius:
-        ax.axvline(2 * erf_radius + 1, color="purple", ls=":", label="ERF 95% diameter")
-    ax.set(xscale="log", xlabel="object size sqrt(area) [px]", ylabel="objects")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
