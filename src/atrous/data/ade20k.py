@@ -10,10 +10,9 @@ there are 151 classes, "other" first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.base import SegmentationDataset, require_split, standard_palette
+from atrous.data.base import Listing, require_split, standard_palette
 from atrous.data.classes import paired_folder
 from atrous.data.io import IMAGE_SUFFIXES, DataError, check_dir, list_dirs
 
@@ -55,25 +54,11 @@ def splits(root: Path, options: dict | None = None) -> list[str]:
     return [d.name for d in list_dirs(base / "images") if (base / "annotations" / d.name).is_dir()]
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
+def find(root: Path, split: str | None, *, options: dict, labels, skip_bad: bool) -> Listing:
     base = _base(root)
     split = require_split(f"ade20k:{root}", split, splits(root))
     names = CLASSES if labels.convention.reduce_zero_label else ["other", *CLASSES]
     classes, palette = labels.classes(names, standard_palette(len(names)))
-    if num_classes is not None and num_classes != len(classes):
-        raise DataError(
-            f"ade20k:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
-        )
     pairs, skipped = paired_folder(
         base / "images" / split,
         base / "annotations" / split,
@@ -81,18 +66,12 @@ def build(
         mask_suffix=".png",
         skip_bad=skip_bad,
     )
-    name = f"ade20k:{root} split {split!r}"
-    if not pairs and not skipped:
-        raise DataError(f"{name} is empty: no image in {base / 'images' / split} with a mask")
-    return SegmentationDataset(
-        name=name,
+    return Listing(
+        name=f"ade20k:{root} split {split!r}",
         pairs=pairs,
+        skipped=skipped,
         classes=classes,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
         label_fix="ADE20K masks hold 0 (other) and 1..150: restore the annotation PNG",
-        intensity=intensity,
+        empty=f"no image in {base / 'images' / split} with a mask",
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,45 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"SegmentationDataset({self.name}, {len(self)} pairs, {self.num_classes} classes)"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a layout module finds for one split: the pairs, the ones left out, and the classes. The spec
+    (`atrous.data.spec`) makes the `SegmentationDataset` from it, so no layout repeats that."""
+
+    name: str  # e.g. "folder:data split 'val'": starts every message about this split
+    pairs: list[tuple[Path, Path]]
+    skipped: list[tuple[Path, str]]
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    label_fix: str  # how to fix a label out of range
+    empty: str  # what to say when the split holds no pair: "{name} is empty: {empty}"
+    classes_from: str = "layout"
+
+    def dataset(
+        self,
+        *,
+        convention: LabelConvention,
+        transform: Callable | None,
+        skip_bad: bool,
+        intensity: str,
+    ) -> SegmentationDataset:
+        if not self.pairs and not self.skipped:
+            raise DataError(f"{self.name} is empty: {self.empty}")
+        return SegmentationDataset(
+            name=self.name,
+            pairs=self.pairs,
+            classes=self.classes,
+            palette=self.palette,
+            transform=transform,
+            skip_bad=skip_bad,
+            skipped=self.skipped,
+            convention=convention,
+            label_fix=self.label_fix,
+            intensity=intensity,
+            classes_from=self.classes_from,
+        )
 
 
 def pair_up(

@@ -8,12 +8,11 @@ convention `map=11:255`, so predictions are written back with 11 for nothing and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.base import SegmentationDataset, require_split
+from atrous.data.base import Listing, require_split
 from atrous.data.classes import paired_folder
-from atrous.data.io import IMAGE_SUFFIXES, DataError, check_dir, list_dirs
+from atrous.data.io import IMAGE_SUFFIXES, check_dir, list_dirs
 from atrous.data.labels import LabelConvention
 
 OPTIONS: dict = {}
@@ -43,23 +42,9 @@ def splits(root: Path, options: dict | None = None) -> list[str]:
     return sorted(s for s in names if f"{s}annot" in names)
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
+def find(root: Path, split: str | None, *, options: dict, labels, skip_bad: bool) -> Listing:
     split = require_split(f"camvid:{root}", split, splits(root))
     classes, palette = labels.classes(CLASSES, PALETTE)
-    if num_classes is not None and num_classes != len(classes):
-        raise DataError(
-            f"camvid:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
-        )
     pairs, skipped = paired_folder(
         root / split,
         root / f"{split}annot",
@@ -67,20 +52,12 @@ def build(
         mask_suffix=".png",
         skip_bad=skip_bad,
     )
-    name = f"camvid:{root} split {split!r}"
-    if not pairs and not skipped:
-        raise DataError(
-            f"{name} is empty: no image in {root / split} with a mask in {root / (split + 'annot')}"
-        )
-    return SegmentationDataset(
-        name=name,
+    return Listing(
+        name=f"camvid:{root} split {split!r}",
         pairs=pairs,
+        skipped=skipped,
         classes=classes,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
         label_fix=f"CamVid masks hold 0..10 and {VOID} (void): restore the *annot PNG",
-        intensity=intensity,
+        empty=f"no image in {root / split} with a mask in {root / (split + 'annot')}",
     )

@@ -9,13 +9,12 @@ is ignored, as in the benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from atrous.data.base import SegmentationDataset, pair_up
-from atrous.data.io import IGNORE_INDEX, DataError, check_dir, list_dirs, list_files
+from atrous.data.base import Listing, pair_up, require_split
+from atrous.data.io import IGNORE_INDEX, check_dir, list_dirs, list_files
 from atrous.data.labels import LabelConvention
 
 # (name, labelId, colour) of the 19 evaluated classes, in trainId order (cityscapesScripts labels.py).
@@ -71,28 +70,9 @@ def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
     return out
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
-    available = splits(root)
+def find(root: Path, split: str | None, *, options: dict, labels, skip_bad: bool) -> Listing:
+    split = require_split(f"cityscapes:{root}", split, splits(root))
     classes, palette = labels.classes(CLASSES, PALETTE)
-    if split is None or split not in available:
-        what = (
-            "needs a split" if split is None else f"has no split {split!r} (with both leftImg8bit and gtFine)"
-        )
-        raise DataError(f"cityscapes:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
-    if num_classes is not None and num_classes != len(classes):
-        raise DataError(
-            f"cityscapes:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
-        )
     image_dir = root / "leftImg8bit" / split
     mask_dir = check_dir(root / "gtFine" / split, "Cityscapes gtFine split folder")
     pairs, skipped = pair_up(
@@ -102,18 +82,12 @@ def build(
         expected_mask=lambda key: mask_dir / f"{key}{_MASK_SUFFIX}.png",
         expected_image=lambda key: str(image_dir / f"{key}{_IMAGE_SUFFIX}.png"),
     )
-    name = f"cityscapes:{root} split {split!r}"
-    if not pairs and not skipped:
-        raise DataError(f"{name} is empty: no <city>/*{_IMAGE_SUFFIX}.png in {image_dir}")
-    return SegmentationDataset(
-        name=name,
+    return Listing(
+        name=f"cityscapes:{root} split {split!r}",
         pairs=pairs,
+        skipped=skipped,
         classes=classes,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
-        intensity=intensity,
         label_fix="gtFine labelIds are 8-bit (0..33): use the *_gtFine_labelIds.png files",
+        empty=f"no <city>/*{_IMAGE_SUFFIX}.png in {image_dir}",
     )

@@ -9,13 +9,14 @@ through the label options (`map=`, `ignore=`, `reduce_zero_label=`, `palette=`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.base import SegmentationDataset, require_split
+from atrous.data.base import Listing, require_split
 from atrous.data.classes import paired_folder, resolve_classes
 from atrous.data.io import IMAGE_SUFFIXES, DataError, check_dir, list_dirs
 
+# The class list comes from the user's files (or num_classes, or a scan): `find` takes `num_classes`.
+USER_CLASSES = True
 OPTIONS = {"mask_suffix": ".png"}
 
 
@@ -27,17 +28,9 @@ def splits(root: Path, options: dict | None = None) -> list[str]:
     return [d.name for d in list_dirs(root) if (d / "images").is_dir()]
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
+def find(
+    root: Path, split: str | None, *, options: dict, labels, skip_bad: bool, num_classes: int | None
+) -> Listing:
     available = splits(root)
     if not available and not (root / "images").is_dir():
         raise DataError(
@@ -72,22 +65,16 @@ def build(
     pairs, skipped = paired_folder(
         image_dir, mask_dir, image_suffixes=IMAGE_SUFFIXES, mask_suffix=mask_suffix, skip_bad=skip_bad
     )
-    name = f"folder:{root}" + (f" split {split!r}" if split is not None else "")
-    if not pairs and not skipped:
-        raise DataError(f"{name} is empty: {image_dir} holds no image with a mask in {mask_dir}")
-    return SegmentationDataset(
-        name=name,
+    return Listing(
+        name=f"folder:{root}" + (f" split {split!r}" if split is not None else ""),
         pairs=pairs,
+        skipped=skipped,
         classes=names,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
         label_fix=label_fix,
-        intensity=intensity,
+        empty=f"{image_dir} holds no image with a mask in {mask_dir}",
         classes_from=classes_from,
     )
 
 
-__all__ = ["OPTIONS", "build", "splits"]
+__all__ = ["OPTIONS", "find", "splits"]

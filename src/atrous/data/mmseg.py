@@ -9,13 +9,14 @@ Classes as for `folder:` (a classes file at ROOT, `num_classes`, or a scan); mms
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.base import SegmentationDataset, require_split
+from atrous.data.base import Listing, require_split
 from atrous.data.classes import paired_folder, resolve_classes
-from atrous.data.io import DataError, check_dir, list_dirs
+from atrous.data.io import check_dir, list_dirs
 
+# The class list comes from the user's files (or num_classes, or a scan): `find` takes `num_classes`.
+USER_CLASSES = True
 OPTIONS = {"img_dir": "img_dir", "ann_dir": "ann_dir", "img_suffix": ".jpg", "seg_map_suffix": ".png"}
 
 
@@ -25,17 +26,9 @@ def splits(root: Path, options: dict) -> list[str]:
     return [d.name for d in list_dirs(images) if (root / options["ann_dir"] / d.name).is_dir()]
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
+def find(
+    root: Path, split: str | None, *, options: dict, labels, skip_bad: bool, num_classes: int | None
+) -> Listing:
     available = splits(root, options)
     split = require_split(f"mmseg:{root}", split, available)
     image_dir = root / options["img_dir"] / split
@@ -57,19 +50,13 @@ def build(
         mask_suffix=mask_suffix,
         skip_bad=skip_bad,
     )
-    name = f"mmseg:{root} split {split!r}"
-    if not pairs and not skipped:
-        raise DataError(f"{name} is empty: no *{options['img_suffix']} image in {image_dir} with a mask")
-    return SegmentationDataset(
-        name=name,
+    return Listing(
+        name=f"mmseg:{root} split {split!r}",
         pairs=pairs,
+        skipped=skipped,
         classes=names,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
         label_fix=label_fix,
-        intensity=intensity,
+        empty=f"no *{options['img_suffix']} image in {image_dir} with a mask",
         classes_from=classes_from,
     )

@@ -18,8 +18,9 @@ Each layout adds its own (e.g. `mmseg:`'s `img_dir`, `ann_dir`, `img_suffix`, `s
 
 This module parses and builds from a plain dict of layouts that `atrous.data` assembles (no registry):
 each layout module defines `OPTIONS` (its own options and defaults), `REDUCE_ZERO_LABEL` (the default),
-`SPLIT_ALIASES`, `splits(root, options)` and `build(root, split, *, options, labels, transform, skip_bad,
-num_classes, intensity)`.
+`SPLIT_ALIASES`, `splits(root, options)` and `find(root, split, *, options, labels, skip_bad)` (plus
+`num_classes` for layouts whose classes come from the user's files, `USER_CLASSES = True`), which returns a
+`base.Listing` (pairs and classes) that this module turns into the data set.
 """
 
 from __future__ import annotations
@@ -189,15 +190,18 @@ def build_from(
         intensity = check_intensity(
             str(label_options.get("intensity", "auto")), f"data spec {spec!r}: intensity"
         )
-        dataset = module.build(
+        labels = _labels(spec, root, module, label_options)
+        listing = module.find(
             root,
             resolve_split(module, root, own, split),
             options=own,
-            labels=_labels(spec, root, module, label_options),
-            transform=transform,
+            labels=labels,
             skip_bad=skip_bad,
-            num_classes=num_classes,
-            intensity=intensity,
+            # Layouts with a fixed class list do not take it: the check below covers them.
+            **({"num_classes": num_classes} if getattr(module, "USER_CLASSES", False) else {}),
+        )
+        dataset = listing.dataset(
+            convention=labels.convention, transform=transform, skip_bad=skip_bad, intensity=intensity
         )
     if num_classes is not None and dataset.num_classes != num_classes:
         raise DataError(

@@ -10,10 +10,9 @@ A CVAT "Segmentation mask 1.1" export has this layout with RGB masks and a `labe
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from atrous.data.base import SegmentationDataset, pair_up, standard_palette
+from atrous.data.base import Listing, pair_up, require_split, standard_palette
 from atrous.data.io import SKIP_HINT, DataError, check_dir
 
 CLASSES = [
@@ -39,27 +38,10 @@ def splits(root: Path, options: dict | None = None) -> list[str]:
     return sorted(p.stem for p in base.glob("*.txt") if not p.name.startswith("."))
 
 
-def build(
-    root: Path,
-    split: str | None,
-    *,
-    options: dict,
-    labels,
-    transform: Callable | None = None,
-    skip_bad: bool = False,
-    num_classes: int | None = None,
-    intensity: str = "auto",
-) -> SegmentationDataset:
+def find(root: Path, split: str | None, *, options: dict, labels, skip_bad: bool) -> Listing:
     base = _resolve(root)
     classes, palette = labels.classes(CLASSES, PALETTE)
-    available = splits(root)
-    if split is None or split not in available:
-        what = "needs a split" if split is None else f"has no split {split!r}"
-        raise DataError(f"voc:{root} {what}: choose one of {', '.join(available) or '(none found)'}")
-    if num_classes is not None and num_classes != len(classes):
-        raise DataError(
-            f"voc:{root} has {len(classes)} classes but num_classes={num_classes}: drop num_classes"
-        )
+    split = require_split(f"voc:{root}", split, splits(root))
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     try:
         ids = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -85,15 +67,12 @@ def build(
         expected_image=lambda i: str(image_dir / f"{i}.jpg"),
     )
     skipped += [(list_file, f"{list_file}: id {i!r} has neither image nor mask") for i in missing]
-    return SegmentationDataset(
+    return Listing(
         name=f"voc:{root} split {split!r}",
         pairs=pairs,
+        skipped=skipped,
         classes=classes,
         palette=palette,
-        transform=transform,
-        skip_bad=skip_bad,
-        skipped=skipped,
-        convention=labels.convention,
         label_fix="VOC labels are 0..20 and 255: restore the original SegmentationClass PNG",
-        intensity=intensity,
+        empty=f"no id of {list_file} has both files",
     )
