@@ -146,6 +146,9 @@ def test_cli_lists_every_model(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == available()
+    from atrous.models.zoo import MODELS
+
+    assert all(line.endswith(f"({MODELS[line.split()[0]].paper})") for line in out)
     assert main(["models", "deeplabv3"]) == 0
     assert "multi_grid" in capsys.readouterr().out
     assert main(["models", "nope"]) == 2

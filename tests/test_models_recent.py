@@ -97,3 +97,31 @@ def test_reparam_stack_exports_in_merged_form(tmp_path):
     convs = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type == "Conv"]
     # per layer: one merged depthwise conv and the 1x1; plus the classifier
     assert len(convs) == 2 * len(blocks) + 1
+
+
+def test_model_table_rows(monkeypatch):
+    """benchmarks/model_table.py's rows for these models (the numbers the docs' table states): parameters
+    counted, FLOPs by torch's counter, RF and small-object limit by the tracer, at 21 classes, 512x512."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "model_table.py"
+    spec = importlib.util.spec_from_file_location("model_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    rows = {
+        "regseg": table.measure("regseg", 512),
+        "reparam": table.measure("dilated_net", 512, {"block": "reparam"}),
+        "plain": table.measure("dilated_net", 512),
+    }
+    got = {
+        k: (round(r["params_m"], 3), r["rf"], r["global"], r["small_object_limit"]) for k, r in rows.items()
+    }
+    assert got == {
+        "regseg": (3.335, 3871, True, 4),
+        "reparam": (0.189, 33, False, 1),
+        "plain": (0.188, 33, False, 1),
+    }
+    assert rows["reparam"]["name"] == "dilated_net (block=reparam)"
+    # RegSeg's FLOPs scale to the paper's 1024x2048 Cityscapes input: 8x the pixels of 512x512
+    assert 38.0 < rows["regseg"]["gflops"] * 8 / 2 < 39.2  # GMACs; the paper reports 39.1 G

@@ -1,4 +1,5 @@
-"""`atrous models`: list the registered models with a one-line description each (and their options)."""
+"""`atrous models`: list the registered models with a one-line description and the paper each (and their
+options)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
         names = available()
         width = max(len(n) for n in names)
         for name in names:
-            print(f"{name:<{width}}  {describe(name)}")
+            print(f"{name:<{width}}  {describe(name)} ({MODELS[name].paper})")
         return 0
     print(f"{args.name}: {describe(args.name)} ({MODELS[args.name].paper})")  # UnknownModel lists the names
     for key, default in options(args.name).items():
