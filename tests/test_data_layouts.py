@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import atrous
 from _realdata import read_stardist
 from atrous.api import ModelMeta, predict_files
 from atrous.data import LabelConvention, available_splits, build_dataset, encode_prediction
@@ -240,3 +241,39 @@ def test_stardist_nuclei_round_trip_in_every_layout(tmp_path):
             assert np.array_equal(got_image, rgb)  # lossless: the stardist pixels themselves
         assert np.array_equal(got_mask, mask), kind
         assert np.array_equal(encode_prediction(got_mask, ds.label_convention), stored), kind
+
+
+def test_train_then_predict_writes_0_255_masks_like_the_training_data(tmp_path):
+    """Through the CLI: a run on 0/255 binary masks read with ?map=0:0,255:1 stores the convention in its
+    checkpoint, and `atrous predict` writes 0/255 masks: 255 exactly where the model predicts class 1."""
+    import torch
+
+    from atrous.cli import main
+
+    for i in range(4):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4 + i : 10 + i] = 255
+        _save(tmp_path / "d" / "images" / f"{i}.png", _rgb(16, 16, i))
+        _save(tmp_path / "d" / "masks" / f"{i}.png", mask, "L")
+    spec = f"folder:{tmp_path / 'd'}?map=0:0,255:1"
+    args = ["train", "--data", spec, "--model", "dilated_net", "--opt", "channels=4", "--opt", "rates=1,2"]
+    args += ["--iters", "1", "--batch-size", "2", "--crop", "16", "--out", str(tmp_path / "run")]
+    assert main([*args, "--set", "log.progress=false"]) == 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["label_convention"] == LabelConvention(values={0: 0, 255: 1}).to_dict()
+    _save(tmp_path / "in" / "x.png", _rgb(16, 16, 9))
+    out = tmp_path / "pred"
+    checkpoint = tmp_path / "run" / "last.pt"
+    cmd = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--no-optimize",
+    ]
+    assert main(cmd) == 0
+    written = np.asarray(Image.open(out / "masks" / "x.png"))
+    labels = atrous.predict(atrous.load(checkpoint), tmp_path / "in" / "x.png")  # class indices 0/1
+    assert written.dtype == np.uint8 and np.array_equal(written, np.where(labels == 1, 255, 0))

@@ -14,7 +14,9 @@ Format version 1:
      "normalize": {"mean": [float] * 3, "std": [float] * 3},
      "config": dict (the resolved training config),
      "metrics": dict (optional), "train_state": dict (optional, for exact resume),
-     "provenance": dict (optional: where the initial weights came from, e.g. pretrained_backbone)}
+     "provenance": dict (optional: where the initial weights came from, e.g. pretrained_backbone),
+     "label_convention": dict (optional: how the training masks store the classes, e.g. 0/255 or 1-based;
+                               atrous.data.LabelConvention.to_dict, so atrous predict writes masks that way)}
 
 Checkpoints are self-contained: model options that only say where initial weights came from
 (`PROVENANCE_OPTIONS`, e.g. `pretrained_backbone=PATH`) are moved out of `model.options` into `provenance`

@@ -41,6 +41,8 @@ class TrainData:
     workers: int
     seed: int
     dist: Dist
+    # How the training masks store the classes (atrous.data.LabelConvention.to_dict); None for generated data.
+    label_convention: dict | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -131,6 +133,7 @@ def build_data(config: Config, *, dist: Dist, log: Callable[[str], None]) -> Tra
         workers=d.workers,
         seed=t.seed,
         dist=dist,
+        label_convention=getattr(train_ds, "label_convention", None),
     )
 
 

@@ -95,6 +95,8 @@ class Run:
             normalize={"mean": list(self.config.data.mean), "std": list(self.config.data.std)},
             config=resolved,
         )
+        if self.data.label_convention is not None:  # atrous predict writes masks back this way
+            ck["label_convention"] = self.data.label_convention
         if metrics is not None:
             ck["metrics"] = metrics
         if with_state:
