@@ -34,7 +34,8 @@ from types import ModuleType
 from atrous.data.io import DataError, check_intensity
 from atrous.data.labels import LabelConvention, parse_ignore, parse_value_map, read_palette_file
 
-LABEL_OPTIONS = ("palette", "map", "ignore", "reduce_zero_label", "intensity")
+# Options every file layout takes: the label options and the 16-bit image rule.
+COMMON_OPTIONS = ("palette", "map", "ignore", "reduce_zero_label", "intensity")
 # Options kept as the text written (a map such as 255:1 would read as a base-60 number in YAML).
 _TEXT_OPTIONS = (
     "palette",
@@ -80,6 +81,12 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     if kind != "synthetic":
         target = os.path.expanduser(target)
     return kind, target, options
+
+
+def intensity_of(spec: str) -> str:
+    """The 16-bit image rule a spec names with `?intensity=` ("auto" when none), checked."""
+    rule = parse_spec(spec)[2].get("intensity", "auto")
+    return check_intensity(str(rule), f"data spec {spec!r}: intensity")
 
 
 @dataclass(frozen=True)
@@ -137,14 +144,14 @@ def _layout(layouts: Mapping[str, ModuleType], spec: str) -> tuple[ModuleType, P
         raise DataError(f"data spec {spec!r}: unknown kind {kind!r}: valid kinds are {', '.join(layouts)}")
     module = layouts[kind]
     own = dict(getattr(module, "OPTIONS", {}))
-    unknown = sorted(set(options) - set(own) - set(LABEL_OPTIONS))
+    unknown = sorted(set(options) - set(own) - set(COMMON_OPTIONS))
     if unknown:
-        valid = ", ".join([*own, *LABEL_OPTIONS])
+        valid = ", ".join([*own, *COMMON_OPTIONS])
         raise DataError(
             f"data spec {spec!r}: {kind}: has no option {unknown[0]!r}: valid options are {valid}"
         )
     own.update({k: v for k, v in options.items() if k in own})
-    return module, Path(target), own, {k: v for k, v in options.items() if k in LABEL_OPTIONS}
+    return module, Path(target), own, {k: v for k, v in options.items() if k in COMMON_OPTIONS}
 
 
 def resolve_split(module: ModuleType, root: Path, options: dict, split: str | None) -> str | None:
@@ -186,11 +193,9 @@ def build_from(
 
         dataset = synthetic.build(target, split, transform=transform, **options)
     else:
-        module, root, own, label_options = _layout(layouts, spec)
-        intensity = check_intensity(
-            str(label_options.get("intensity", "auto")), f"data spec {spec!r}: intensity"
-        )
-        labels = _labels(spec, root, module, label_options)
+        module, root, own, common = _layout(layouts, spec)
+        intensity = intensity_of(spec)
+        labels = _labels(spec, root, module, common)
         listing = module.find(
             root,
             resolve_split(module, root, own, split),
