@@ -1,11 +1,11 @@
-"""Coverage maps, HDC rules, valid weights, ERF and object sizes against brute-force enumeration, hand
-computations and the papers' published examples."""
+"""Coverage maps (rate stacks, models, dilated re-parameterisation blocks) and the HDC rules against
+brute-force enumeration, hand computations and the papers' published examples."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from itertools import pairwise, product
+from itertools import product
 
 import numpy as np
 import pytest
@@ -16,13 +16,9 @@ from atrous.analysis import (
     coverage,
     coverage_model,
     coverage_reparam,
-    erf,
     hdc_check,
     hdc_plan,
     merge_reparam,
-    object_sizes,
-    objects_at_risk,
-    valid_weights,
 )
 
 
@@ -227,72 +223,3 @@ def test_planner_is_exactly_the_brute_valid_set_ranked():
     keys = [(-e["rf"][0], e["spread"]) for e in plan]
     assert keys == sorted(keys)
     assert plan[0]["rf"][0] == 1 + 2 * max(sum(r) for r in want)
-
-
-def _brute_valid(size, rate, k):
-    c = (k - 1) // 2
-    counts = Counter()
-    for y, x in product(range(size), repeat=2):
-        n = sum(
-            0 <= y + (ty - c) * rate < size and 0 <= x + (tx - c) * rate < size
-            for ty in range(k)
-            for tx in range(k)
-        )
-        counts[n] += 1
-    return {n: v / size**2 for n, v in counts.items()}
-
-
-@pytest.mark.parametrize("rate, k", [(1, 3), (3, 3), (6, 3), (12, 3), (13, 3), (2, 5), (4, 5)])
-def test_valid_weights_equal_brute_enumeration(rate, k):
-    got = valid_weights(13, rate, k)
-    brute = _brute_valid(13, rate, k)
-    assert got["histogram"].keys() == brute.keys()
-    for n, v in brute.items():
-        assert got["histogram"][n] == pytest.approx(v)
-    assert got["mean_fraction"] == pytest.approx(sum(n * v for n, v in brute.items()) / k**2)
-
-
-def test_valid_weights_deeplab_v3_fig4_endpoints():
-    # rate 1 on 65x65: all 9 taps valid everywhere except the one-pixel border
-    assert valid_weights(65, 1)["all_valid"] == pytest.approx(63**2 / 65**2)
-    # rate >= 65: the 3x3 filter degenerates to its centre tap at every position
-    for r in (65, 80):
-        v = valid_weights(65, r)
-        assert v["only_centre"] == 1.0 and v["mean_fraction"] == pytest.approx(1 / 9)
-    curve = [valid_weights(65, r)["mean_fraction"] for r in range(1, 70)]
-    assert all(a >= b for a, b in pairwise(curve))  # monotone decay as in the figure
-
-
-def test_erf_of_a_linear_model_is_its_kernel():
-    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([[[[1.0, 0, -1.0], [0, 4.0, 0], [1.0, 0, 1.0]]]]))
-    got = erf(conv, (9, 9), samples=3)
-    want = np.zeros((9, 9))
-    want[3:6, 3:6] = np.abs(conv.weight.detach().numpy()[0, 0]) / 4  # flipped |kernel| is symmetric here
-    np.testing.assert_allclose(got["heatmap"], want, atol=1e-12)
-    # mass: centre 4 of 8 -> 50 % at radius 0; the corners at sqrt(2) complete 95 %
-    assert got["radius50"] == 0.0 and got["radius95"] == pytest.approx(math.sqrt(2))
-    assert got["rf"] == [3, 3]
-    # the same from an image iterable (a data loader), resized to the input size
-    images = [torch.rand(1, 12, 12) for _ in range(2)]
-    np.testing.assert_allclose(erf(conv, (9, 9), images=images)["heatmap"], want, atol=1e-12)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.rand(3, 1, 9, 9), torch.zeros(3, 9, 9)), batch_size=2
-    )
-    got = erf(conv, (9, 9), images=loader)
-    assert got["samples"] == 3
-    np.testing.assert_allclose(got["heatmap"], want, atol=1e-12)
-
-
-def test_object_sizes_are_8_connected_components():
-    mask = torch.zeros(8, 8, dtype=torch.int64)
-    mask[0, 0] = mask[1, 1] = 1  # diagonal neighbours: one object of area 2
-    mask[5:8, 5:8] = 1  # area 9
-    mask[4, 0] = 255  # ignored
-    sizes = object_sizes([(None, mask)])
-    assert sizes[1] == [math.sqrt(2), 3.0] and sorted(sizes) == [0, 1]
-    rows = objects_at_risk(sizes, limit=4, erf_radius=1.0)
-    cls1 = next(r for r in rows if r["class"] == 1)
-    assert cls1["below_limit"] == 1.0 and cls1["at_risk"] and cls1["histogram"][0] == 2
-    assert cls1["wider_than_erf"] == 0.0
