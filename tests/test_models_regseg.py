@@ -31,7 +31,12 @@ def test_d_block_equals_a_functional_recomputation(stride, cin):
             lo = 4 * half + 2 * g
             w = conv.weight[2 * g : 2 * g + 2]  # (2, 2, 3, 3)
             outs.append(F.conv2d(y[:, lo : lo + 2], w, stride=stride, padding=rate, dilation=rate))
-    y = F.relu(_bn(torch.cat(outs, 1), block.bn2))
+    # the official block's one BatchNorm over the concatenation, with the per-slice statistics joined
+    bns = block.conv2.bns
+    joined = torch.nn.BatchNorm2d(8).double().eval()
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        getattr(joined, name).data = torch.cat([getattr(bn, name).data for bn in bns])
+    y = F.relu(_bn(torch.cat(outs, 1), joined))
     s = y.mean((2, 3), keepdim=True)
     se = block.se
     s = torch.sigmoid(

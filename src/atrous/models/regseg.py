@@ -43,8 +43,12 @@ def _conv_bn(
 
 
 class SplitDilatedConv(nn.Module):
-    """Grouped 3x3 convolutions at several rates on equal channel slices, concatenated:
-    (N, C, H, W) -> (N, C, H/s, W/s); slice i (C / len(rates) channels) at `rates[i]`."""
+    """Grouped 3x3 convolutions at several rates on equal channel slices, each followed by its BatchNorm,
+    concatenated: (N, C, H, W) -> (N, C, H/s, W/s); slice i (C / len(rates) channels) at `rates[i]`.
+
+    The official block normalises the concatenation with one BatchNorm; BatchNorm is per channel (in
+    training too), so one BatchNorm per slice is the same function, and each can fold into its convolution.
+    """
 
     def __init__(self, channels: int, rates: Sequence[int], *, group_width: int, stride: int) -> None:
         super().__init__()
@@ -59,10 +63,13 @@ class SplitDilatedConv(nn.Module):
             AtrousConv2d(part, part, 3, dilation=r, stride=stride, groups=part // group_width, bias=False)
             for r in rates
         )
+        self.bns = nn.ModuleList(nn.BatchNorm2d(part) for _ in rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.convs) == 1:  # one rate: no split, no copy
+            return self.bns[0](self.convs[0](x))
         parts = x.chunk(len(self.convs), dim=1)
-        return torch.cat([conv(p) for conv, p in zip(self.convs, parts)], dim=1)
+        return torch.cat([bn(conv(p)) for conv, bn, p in zip(self.convs, self.bns, parts)], dim=1)
 
 
 class SqueezeExcite(nn.Module):
@@ -79,8 +86,8 @@ class SqueezeExcite(nn.Module):
 
 
 class DBlock(nn.Module):
-    """RegSeg's dilated block: 1x1 (in -> out) BN ReLU, `SplitDilatedConv` at `rates` (stride `stride`) BN
-    ReLU, SE (squeezed to in/4), 1x1 BN, plus the shortcut (2x2 average pooling when strided, then 1x1 +
+    """RegSeg's dilated block: 1x1 (in -> out) BN ReLU, `SplitDilatedConv` at `rates` (stride `stride`,
+    BN per slice) ReLU, SE (squeezed to in/4), 1x1 BN, plus the shortcut (2x2 average pooling when strided, then 1x1 +
     BN, when the shape changes), ReLU."""
 
     def __init__(
@@ -89,8 +96,7 @@ class DBlock(nn.Module):
         super().__init__()
         self.rates = tuple(rates)
         self.conv1 = nn.Sequential(*_conv_bn(cin, cout))
-        self.conv2 = SplitDilatedConv(cout, rates, group_width=group_width, stride=stride)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = SplitDilatedConv(cout, rates, group_width=group_width, stride=stride)  # with its BNs
         self.se = SqueezeExcite(cout, max(1, cin // 4))
         self.conv3 = nn.Sequential(*_conv_bn(cout, cout, act=False))
         self.shortcut = None
@@ -99,7 +105,7 @@ class DBlock(nn.Module):
             self.shortcut = nn.Sequential(*pool, *_conv_bn(cin, cout, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn2(self.conv2(self.conv1(x))))
+        y = F.relu(self.conv2(self.conv1(x)))
         y = self.conv3(self.se(y))
         return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
 

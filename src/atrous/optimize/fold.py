@@ -53,6 +53,7 @@ def _find_conv_bn_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, st
     calls: dict[str, int] = {}
     conv_out: dict[int, str] = {}  # id(output tensor) -> conv name
     bn_in: dict[str, int] = {}  # bn name -> id(input tensor)
+    alive: list[torch.Tensor] = []  # BN inputs held until the end, so that no later tensor reuses their id
     counter = _UseCounter()
 
     def conv_hook(module, args, output):
@@ -64,6 +65,7 @@ def _find_conv_bn_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, st
     def bn_pre_hook(module, args):
         calls[names[module]] = calls.get(names[module], 0) + 1
         bn_in[names[module]] = id(args[0])
+        alive.append(args[0])
 
     handles = []
     for m in model.modules():
