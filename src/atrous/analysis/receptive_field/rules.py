@@ -34,7 +34,7 @@ from atrous.analysis.receptive_field.meta import Meta, global_meta
 from atrous.ops import SmoothedAtrousConv2d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rule:
     """One op's receptive-field rule (see the module docstring)."""
 
@@ -290,101 +290,108 @@ _INTERP = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_fac
 _WINDOW = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
 _POOL = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
 _INTERP_DEFAULTS = {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None}
+_INTERP_DEFAULTS |= {"recompute_scale_factor": None}
 
 # Module types are matched with isinstance, in this order (a composite layer before the convolution it holds).
 RULES = (
     Rule(
-        "smoothed_atrous_conv2d",
-        ("conv", "method"),
-        _smoothed_meta,
-        _smoothed_fields,
+        name="smoothed_atrous_conv2d",
+        params=("conv", "method"),
+        meta=_smoothed_meta,
+        fields=_smoothed_fields,
         modules=(SmoothedAtrousConv2d,),
     ),
     Rule(
-        "conv2d",
-        _CONV,
-        _conv_meta,
-        _conv_fields,
-        _conv_shape,
+        name="conv2d",
+        params=_CONV,
+        meta=_conv_meta,
+        fields=_conv_fields,
+        shape=_conv_shape,
         functions=(torch.conv2d,),
         modules=(nn.Conv2d,),
         defaults=_WINDOW,
     ),
     Rule(
-        "conv_transpose2d",
-        _TRANSPOSED,
-        _transposed_meta,
-        _conv_fields,
-        _transposed_shape,
+        name="conv_transpose2d",
+        params=_TRANSPOSED,
+        meta=_transposed_meta,
+        fields=_conv_fields,
+        shape=_transposed_shape,
         functions=(F.conv_transpose2d,),
         modules=(nn.ConvTranspose2d,),
         defaults=_WINDOW,
     ),
     Rule(
-        "max_pool2d",
-        _MAX_POOL,
-        _pool_meta,
-        _pool_fields,
-        _pool_shape,
+        name="max_pool2d",
+        params=_MAX_POOL,
+        meta=_pool_meta,
+        fields=_pool_fields,
+        shape=_pool_shape,
         functions=(F.max_pool2d,),
         modules=(nn.MaxPool2d,),
         defaults=_POOL,
     ),
     Rule(
-        "avg_pool2d",
-        _AVG_POOL,
-        _pool_meta,
-        _pool_fields,
-        _pool_shape,
+        name="avg_pool2d",
+        params=_AVG_POOL,
+        meta=_pool_meta,
+        fields=_pool_fields,
+        shape=_pool_shape,
         functions=(F.avg_pool2d,),
         modules=(nn.AvgPool2d,),
         defaults=_POOL,
     ),
     Rule(
-        "adaptive_pool2d",
-        ("output_size", "return_indices"),
-        lambda m, x, out, p: adaptive_meta(m, x, out),
+        name="adaptive_pool2d",
+        params=("output_size", "return_indices"),
+        meta=lambda m, x, out, p: adaptive_meta(m, x, out),
         shape=_adaptive_shape,
         functions=(F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
         modules=(nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
         defaults={"return_indices": False},
     ),
     Rule(
-        "interpolate",
-        _INTERP,
-        _interp_meta,
+        name="interpolate",
+        params=_INTERP,
+        meta=_interp_meta,
         # the stride of a resize: input units per output unit (1/2 for a 2x upsampling)
-        lambda p, x, out: {
+        fields=lambda p, x, out: {
             "stride": [Fraction(int(i), int(o)) for i, o in zip(x.shape[-2:], out.shape[-2:])]
         },
-        _interp_shape,
+        shape=_interp_shape,
         functions=(F.interpolate,),
         modules=(nn.Upsample,),
-        defaults=_INTERP_DEFAULTS | {"recompute_scale_factor": None},
+        defaults=_INTERP_DEFAULTS,
         kind=lambda p: f"interpolate({p['mode']})",
     ),
     Rule(
-        "pixel_shuffle",
-        ("upscale_factor",),
-        _shuffle_meta,
-        lambda p, x, out: {"stride": (Fraction(1, int(p["upscale_factor"])),) * 2},
-        _shuffle_shape,
+        name="pixel_shuffle",
+        params=("upscale_factor",),
+        meta=_shuffle_meta,
+        fields=lambda p, x, out: {"stride": (Fraction(1, int(p["upscale_factor"])),) * 2},
+        shape=_shuffle_shape,
         functions=(F.pixel_shuffle,),
         modules=(nn.PixelShuffle,),
     ),
     Rule(
-        "pixel_unshuffle",
-        ("downscale_factor",),
-        _unshuffle_meta,
-        lambda p, x, out: {"stride": (int(p["downscale_factor"]),) * 2},
+        name="pixel_unshuffle",
+        params=("downscale_factor",),
+        meta=_unshuffle_meta,
+        fields=lambda p, x, out: {"stride": (int(p["downscale_factor"]),) * 2},
         functions=(F.pixel_unshuffle,),
         modules=(nn.PixelUnshuffle,),
     ),
-    Rule("pad", ("pad", "mode", "value"), _pad_meta, functions=(F.pad,), row=False),
     Rule(
-        "getitem",
-        ("index",),
-        _getitem_meta,
+        name="pad",
+        params=("pad", "mode", "value"),
+        meta=_pad_meta,
+        functions=(F.pad,),
+        row=False,
+    ),
+    Rule(
+        name="getitem",
+        params=("index",),
+        meta=_getitem_meta,
         functions=(torch.Tensor.__getitem__, torch._C.TensorBase.__getitem__),
         row=False,
     ),
