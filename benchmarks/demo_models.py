@@ -1,7 +1,7 @@
 """Benchmark 5: the demo's models at the demo's resolution, eager against `atrous.optimize`.
 
-The models and the resolution are read from the demo's own configuration (`atrous.report.experiment`:
-SHAPES_MODELS, DEFAULT.shapes_size), so this table follows the demo. Where the demo is not installed,
+The models and the resolution are read from the demo's own configuration (`atrous.report.plan.MODELS`,
+`atrous.report.tasks.DEFAULT.val_size`), so this table follows the demo. Where the demo is not installed,
 the gridding pair it compares (dilated_net rates 2,2,2,2,2,2 against HDC's 1,2,3,1,2,3) is measured at
 128x128 instead, and the JSON says so.
 """
@@ -16,18 +16,18 @@ from atrous import perf
 
 def _config() -> tuple[dict[str, tuple[str, dict]], int, str]:
     try:
-        from atrous.report import experiment
+        from atrous.report import plan, tasks
     except ImportError:
         pair = {
             "gridded": ("dilated_net", {"rates": [2, 2, 2, 2, 2, 2], "channels": 32}),
             "hdc": ("dilated_net", {"rates": [1, 2, 3, 1, 2, 3], "channels": 32}),
         }
         return pair, 128, "atrous.report not available: the demo's gridding pair at 128x128"
-    specs = {key: (name, opts) for key, (name, opts, _role) in experiment.SHAPES_MODELS.items()}
+    specs = {key: (spec.name, spec.options) for key, spec in plan.MODELS.items()}
     return (
         specs,
-        experiment.DEFAULT.shapes_size,
-        "atrous.report.experiment (SHAPES_MODELS, DEFAULT.shapes_size)",
+        tasks.DEFAULT.val_size,
+        "atrous.report.plan (MODELS), atrous.report.tasks (DEFAULT.val_size)",
     )
 
 

@@ -14,7 +14,7 @@ from atrous.errors import AtrousError
 
 
 def test_available_and_metadata():
-    assert synthetic.available() == ["shapes", "texture"]
+    assert synthetic.available() == ["shapes", "silhouettes", "texture"]
     for name in synthetic.available():
         ds = synthetic.build(name, "val", n=3, size=40)
         assert len(ds) == 3
@@ -52,7 +52,7 @@ def test_transform_is_applied():
 
 
 def test_bad_names_and_options():
-    with pytest.raises(AtrousError, match="shapes, texture"):
+    with pytest.raises(AtrousError, match="shapes, silhouettes, texture"):
         synthetic.build("nope", "train")
     with pytest.raises(AtrousError, match="valid options"):
         synthetic.build("shapes", "train", regions=3)
@@ -155,3 +155,21 @@ def test_texture_power_check_detects_a_sublattice_leak():
             if region.sum() >= 40:
                 (flat if c == 0 else checker).append(leaked[0::2, 0::2][region[0::2, 0::2]].mean())
     assert ks_2samp(flat, checker).pvalue < 0.01
+
+
+def test_silhouettes_colour_says_nothing_about_the_class():
+    """shapes: an object's mean colour names its class (red disc, green box, blue diamond); silhouettes: the
+    same generator with random colours, so the dominant channel is no better than chance (1/3)."""
+    for name, low, high in (("shapes", 0.95, 1.0), ("silhouettes", 0.2, 0.5)):
+        ds = synthetic.build(name, "val", n=60, size=96, seed=3)
+        hits, total = 0, 0
+        for i in range(len(ds)):
+            image, mask = ds.generate(i)
+            for c in range(1, 4):
+                labels, k = ndi.label(mask == c, structure=np.ones((3, 3), dtype=int))
+                for j in range(1, k + 1):
+                    colour = image[labels == j].astype(float).mean(axis=0)
+                    hits += int(np.argmax(colour) == c - 1)  # red=disc, green=box, blue=diamond
+                    total += 1
+        assert total > 200 and low <= hits / total <= high, (name, hits / total)
+    assert synthetic.build("silhouettes", "val", n=1).classes == synthetic.build("shapes", "val", n=1).classes

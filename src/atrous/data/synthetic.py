@@ -1,6 +1,6 @@
 """Built-in synthetic segmentation data: no files, no download, deterministic from a seed.
 
-Two tasks, each built to expose one claim about dilated convolution (the demo report measures both):
+Three tasks, each built to expose one claim about dilated convolution (the demo report measures all three):
 
 `synthetic:shapes`: small-object loss (Long et al., FCN, CVPR 2015; Yu & Koltun, ICLR 2016).
     Classes `background, disc, box, diamond`. The background is a low-saturation texture: smooth value
@@ -14,6 +14,13 @@ Two tasks, each built to expose one claim about dilated convolution (the demo re
     share of draws; objects are placed largest first, inside the image, with at least a 1-pixel gap to every
     other object (so two objects never merge into one 8-connected component), and an object that finds no
     free place in 30 tries is dropped (this thins the largest bucket on small images).
+
+`synthetic:silhouettes`: small objects that need their own neighbourhood, large ones that need context.
+    `shapes` with one change: every object's colour is a uniform random RGB value, so its class (disc, box,
+    diamond) is its outline alone. A pixel of a 3 px object is classified only by a network that sees the
+    object's few pixels together (rate-1 taps); a pixel at the centre of a 60 px object only by one whose
+    field reaches the object's border (about 30 px away). A stack of large rates has the second and not the
+    first; a small-rate (HDC) stack the first and not the second.
 
 `synthetic:texture`: gridding (Wang et al., "Understanding Convolution for Semantic Segmentation", WACV
     2018; Yu, Koltun & Funkhouser, DRN, CVPR 2017). Classes `flat, checker`. The image is cut into Voronoi
@@ -105,7 +112,10 @@ def _shape_mask(kind: int, s: float, cy: float, cx: float, y0: int, x0: int, h: 
     return np.abs(yy) + np.abs(xx) <= r
 
 
-def _shapes_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
+def _shapes_item(
+    rng: np.random.Generator, size: int, max_objects: int, *, class_colour: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """`class_colour`: each object's hue is its class's (shapes); else a random RGB colour (silhouettes)."""
     image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.int64)
     taken = np.zeros((size, size), dtype=bool)  # object pixels grown by 1 px: the required gap
@@ -127,7 +137,10 @@ def _shapes_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple
             shape = _shape_mask(int(kind), float(s), cy, cx, y0, x0, h, w)
             if not shape.any() or (taken[y0 : y0 + h, x0 : x0 + w] & shape).any():
                 continue
-            colour = _SHAPE_COLOURS[kind] * rng.uniform(0.75, 1.05)
+            if class_colour:
+                colour = _SHAPE_COLOURS[kind] * rng.uniform(0.75, 1.05)
+            else:  # the class is the outline alone: readable only from the object's own neighbourhood
+                colour = rng.uniform(0.0, 255.0, size=3).astype(np.float32)
             window = image[y0 : y0 + h, x0 : x0 + w]
             window[shape] = colour + rng.normal(0.0, 8.0, size=(int(shape.sum()), 3))
             mask[y0 : y0 + h, x0 : x0 + w][shape] = kind
@@ -142,6 +155,10 @@ def _shapes_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple
             taken[sy:ey, sx:ex] |= grown[sy - gy0 : ey - gy0, sx - gx0 : ex - gx0]
             break
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
+def _silhouettes_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
+    return _shapes_item(rng, size, max_objects, class_colour=False)
 
 
 TEXTURE_CLASSES = ["flat", "checker"]
@@ -173,6 +190,7 @@ def _texture_item(rng: np.random.Generator, size: int, regions: int) -> tuple[np
 _TASKS: dict[str, tuple[list[str], list[tuple[int, int, int]], Callable, dict[str, int]]] = {
     "shapes": (SHAPES_CLASSES, SHAPES_PALETTE, _shapes_item, {"size": 96, "max_objects": 8}),
     "texture": (TEXTURE_CLASSES, TEXTURE_PALETTE, _texture_item, {"size": 64, "regions": 10}),
+    "silhouettes": (SHAPES_CLASSES, SHAPES_PALETTE, _silhouettes_item, {"size": 96, "max_objects": 8}),
 }
 _TASK_ID = {name: i for i, name in enumerate(_TASKS)}
 _MINIMUM = {"n": 1, "size": 8, "seed": 0, "max_objects": 3, "regions": 1}

@@ -1,6 +1,7 @@
-"""The demo report: measure the mission's claims on built-in synthetic data and write index.html,
-results.json and PNG figures (`atrous demo`). See `atrous.report.experiment` for what is trained and
-measured and `atrous.report.claims` for the claims and their verdict rules."""
+"""The demo report: measure the mission's claims through the product (models trained by the training engine
+from configs, scored by `atrous.evaluate`) on synthetic and real data, and write index.html, results.json
+and PNG figures (`atrous demo`). `atrous.report.plan` says what is trained, `atrous.report.claims` the
+claims and their verdict rules, `atrous.report.evidence` where each claim's numbers come from."""
 
 from atrous.report.demo import run_demo
 

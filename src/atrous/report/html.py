@@ -1,9 +1,22 @@
 """The demo report's index.html: built only from results.json's numbers, self-contained (inline CSS, images
-as PNG files beside it, no script, no external address)."""
+as PNG files beside it, links to the run folders, no script, no external address). The page opens with the
+claims; each links to its experiment's section, figures and runs."""
 
 from __future__ import annotations
 
 from html import escape
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; vertical-align: top; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+table.claims td, table.claims th, table.datasets td { text-align: left; }
+.holds { background: #d8f0d8; } .does-not-hold { background: #f6d5d5; } .inconclusive { background: #f3ecd0; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.note { color: #555; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
+"""
 
 
 def _num(v, digits: int = 3) -> str:
@@ -18,162 +31,194 @@ def _num(v, digits: int = 3) -> str:
     return escape(str(v))
 
 
+def _stat(value) -> str:
+    """A measurement over seeds as "mean ± std (n)", a plain number as itself."""
+    if isinstance(value, dict):
+        if value["mean"] is None:
+            return "–"
+        return f"{_num(value['mean'])} ± {_num(value['std'])} <span class='note'>(n={value['n']})</span>"
+    return _num(value)
+
+
 def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _bucket(b: dict) -> str:
-    return f"[{b['min']}, {b['max']})" if b["max"] is not None else f"[{b['min']}, ∞)"
+def _img(results: dict, name: str, alt: str) -> str:
+    fig = results["figures"].get(name)
+    return f"<img src='{escape(fig)}' alt='{escape(alt)}'>" if fig else ""
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
-table.claims td, table.claims th { text-align: left; }
-.holds { background: #d8f0d8; } .does-not-hold { background: #f6d5d5; } .inconclusive { background: #f3ecd0; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-.note { color: #555; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
-"""
-
-
-def _replicates(models: dict, small_px: int) -> list[str]:
-    """The per-run numbers of the models trained more than once (their other rows show the means)."""
-    rows = [
-        [
-            f"<b>{escape(key)}</b>",
-            str(run["seed"]),
-            _num(run["final_loss"]),
-            _num(run["miou"]),
-            _num(run["small_recall"]),
-        ]
-        for key, m in models.items()
-        for run in m.get("replicates", [])
-    ]
-    if not rows:
-        return []
-    keys = ", ".join(k for k, m in models.items() if "replicates" in m)
+def _header(results: dict) -> list[str]:
+    b = results["budget"]
+    t = results["timings_s"]
+    mode = " · quick run" if results["quick"] else ""
+    only = f" · only {escape(results['only'])}" if results["only"] else ""
     return [
-        f"<p>{escape(keys)}: trained once per seed below. Their accuracy numbers on this page (mIoU, recall) "
-        "are the means over these runs, because their recalls of small objects differ by about the "
-        "seed-to-seed spread; their cost, ERF and example predictions come from the first run's model.</p>",
-        _table(
-            ["model", "training seed", "final loss", "mIoU", f"recall < {small_px} px"], rows, "replicates"
-        ),
-    ]
-
-
-def render(results: dict) -> str:
-    """The whole page as a string."""
-    models = results["models"]
-    budget = results["budget"]
-    figs = results["figures"]
-    small_px = results["small_px"]
-    parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>atrous demo report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>atrous demo report</h1>",
-        f"<p class='note'>seed {results['seed']}{' · quick run' if results['quick'] else ''} · "
-        f"{budget['steps']} training steps per model (batch {budget['batch']}, {budget['crop']} px crops) · "
-        f"run time {results['timings_s']['total']:.0f} s on the CPU. Every number on this page is in "
-        "<code>results.json</code>; every verdict is computed from those numbers by the rule shown beside "
-        "it.</p>",
+        f"<p class='note'>data seed {results['seed']}{mode}{only} · every model trained with "
+        f"{len(results['training_seeds'])} seeds ({', '.join(map(str, results['training_seeds']))}) by the "
+        f"training engine of <code>atrous train</code>, {b['steps']} steps (texture {b['texture_steps']}), batch "
+        f"{b['batch']}, {b['crop']} px crops, scored with the final weights by <code>atrous.evaluate</code> on "
+        f"validation images of {b['val_size']} px · {_num(t['total'], 0)} s on {escape(results['machine'])} "
+        f"({b['workers']} processes of one thread). Every number is in <code>results.json</code>; every "
+        "verdict is computed from those numbers by the rule shown beside it, fixed before the results.</p>",
     ]
 
-    # claims first: the point of the page
+
+def _claims(results: dict) -> list[str]:
     rows = []
     for c in results["claims"]:
         cls = c["verdict"].replace(" ", "-")
-        ev = "<br>".join(f"{escape(k)} = {_num(v)}" for k, v in c["evidence"].items())
+        ev = "<br>".join(f"{escape(k)} = {_stat(v)}" for k, v in c["evidence"].items())
+        exp = c["experiment"]
+        note = f"<br><span class='note'>{escape(c['note'])}</span>" if c.get("note") else ""
         rows.append(
             [
-                f"<code>{escape(c['id'])}</code>",
-                escape(c["claim"]),
-                f"<b class='{cls}'>{escape(c['verdict'])}</b>",
+                f"<code id='claim-{escape(c['id'])}'>{escape(c['id'])}</code>",
+                escape(c["claim"]) + f"<br><a href='#exp-{escape(exp)}'>experiment, figures and runs</a>",
+                f"<b class='{cls}'>{escape(c['verdict'])}</b>{note}",
                 ev,
                 escape(c["rule"]["text"]),
             ]
         )
-    parts += [
+    return [
         "<h2>Claims and verdicts</h2>",
-        _table(["id", "claim", "verdict", "evidence", "rule"], rows, "claims"),
+        "<p>A rule holds only where the difference of means passes its fixed threshold and exceeds twice its "
+        "standard error over seeds; it does not hold where the difference is confidently (by two standard "
+        "errors) below the claimed size; where every compared model is at the ceiling (>= 0.98) or the floor, "
+        "the verdict is inconclusive and says the task could not separate them.</p>",
+        _table(["id", "claim", "verdict", "evidence (mean ± std over seeds)", "rule"], rows, "claims"),
     ]
 
-    # headline table
+
+def _runs(results: dict, key: str) -> str:
+    runs = results["models"][key]["runs"]
+    return " ".join(f"<a href='{escape(r['dir'])}/config.yaml'>{r['seed']}</a>" for r in runs)
+
+
+def _ms(m: dict, metric: str) -> str:
+    mean, std = m["mean"].get(metric), m["std"].get(metric)
+    return "–" if mean is None else f"{_num(mean)} ± {_num(std)}"
+
+
+def _models_table(results: dict, keys: list[str]) -> str:
     rows = []
-    for key, m in models.items():
-        rf = f"global (local {m['rf']})" if m["global"] else str(m["rf"])
+    for key in keys:
+        m = results["models"].get(key)
+        if m is None:
+            rows.append([f"<b>{escape(key)}</b>", "not trained in this run"] + ["–"] * 9)
+            continue
+        opts = ", ".join(f"{k}={v}" for k, v in m["options"].items())
         rows.append(
             [
                 f"<b>{escape(key)}</b>",
-                escape(m["role"]),
-                _num(m["params"]),
-                str(m["output_stride"]),
-                rf,
-                _num(m["erf_radius95"], 1),
-                _num(m["flops"] / 1e6, 1),
-                _num(m["latency_ms"], 2),
-                _num(m["peak_memory_mib"], 1),
-                _num(m["miou"]),
-                _num(m["small_recall"]),
-                str(m["small_object_limit"]),
+                escape(m["role"])
+                + f"<br><code>{escape(m['name'])}</code> <span class='note'>{escape(opts)}</span>",
+                _num(m["mean"]["params"]),
+                _num(m["mean"]["output_stride"]),
+                _num(m["mean"]["rf"]),
+                _ms(m, "miou"),
+                _ms(m, "boundary_iou"),
+                _ms(m, "small_recall"),
+                _ms(m, "pixel_acc"),
+                _ms(m, "final_loss"),
+                _runs(results, key),
             ]
         )
-    parts += [
-        "<h2>Models: accuracy and cost</h2>",
-        f"<p>All models are trained on <code>synthetic:shapes</code> ({results['data']['shapes']['spec']}) and "
-        f"evaluated on its validation split at {budget['shapes_size']}x{budget['shapes_size']}; cost is "
-        "measured at the same size, batch 1, on this CPU, on each model's <code>atrous.optimize</code> copy "
-        "(BatchNorm folded, channels_last; what predict and eval run) (latency: median of repeated forwards; "
-        "peak memory: peak resident memory of one inference forward in a fresh process minus its resident "
-        "memory after loading). The gridded, HDC and large-rate stacks have identical parameters (same depth and width); "
-        "FCN-32s, FCN-8s and DeepLab v3 share one ResNet-18 backbone (width 1/16) and differ in head and "
-        "output stride.</p>",
-        _table(
-            [
-                "model",
-                "what",
-                "params",
-                "output stride",
-                "theoretical RF (px)",
-                "ERF radius 95 % (px)",
-                "MFLOPs (2 x mult-adds)",
-                "latency (ms)",
-                "peak memory (MiB)",
-                "mIoU",
-                f"recall < {small_px} px",
-                "small-object limit (px)",
-            ],
-            rows,
-            "headline",
-        ),
+    headers = [
+        "model",
+        "what (registry name, options)",
+        "params",
+        "output stride",
+        "RF (px)",
+        "mIoU",
+        "boundary IoU",
+        "recall < 8 px",
+        "pixel acc.",
+        "final loss",
+        "runs (config)",
     ]
+    return _table(headers, rows, "models")
 
-    # small objects
-    buckets = results["size_buckets"]
+
+def _octave_table(results: dict, keys: list[str]) -> str:
     rows = []
-    for key, m in models.items():
-        cells = [f"<b>{escape(key)}</b>"]
-        for b in m["object_recall_by_size"]:
-            cells.append(f"{_num(b['recall'])} <span class='note'>({b['objects']})</span>")
+    for key in keys:
+        m = results["models"].get(key)
+        if m is None or "octave_recall" not in m["mean"]:
+            continue
+        cells = [f"<b>{escape(key)}</b>", _num(m["mean"]["output_stride"])]
+        for b, s in zip(m["mean"]["octave_recall"], m["std"]["octave_recall"]):
+            cells.append(
+                "–"
+                if b["recall"] is None
+                else f"{_num(b['recall'], 2)} ± {_num(s['recall'], 2)} <span class='note'>({b['objects']})</span>"
+            )
         rows.append(cells)
-    parts += [
-        "<h2>1. Small objects: object recall by size</h2>",
-        "<p>Every foreground connected component is an object; its recall is the fraction of its pixels "
-        "predicted as its class; a bucket's recall is the mean over its objects (number in brackets).</p>",
-        _table(["model", *[f"sqrt(area) {_bucket(b)}" for b in buckets]], rows, "recall"),
-        *_replicates(models, small_px),
-        f"<img src='{figs['recall_by_size']}' alt='object recall by size'>",
-        f"<img src='{figs['shapes_predictions']}' alt='shapes predictions'>",
-    ]
+    heads = ["model", "OS"] + [f"[{o['min']}, {o['max']})" for o in results["octaves"]]
+    return _table(heads, rows, "recall")
 
-    # gridding
-    cov = results["coverage"]
+
+_TEXT = {
+    "pooling": "Networks with the same six 3x3 convolutions (16 channels), 2x2 max pooling after the first k "
+    "(k = 0..5, output stride 2^k) and fixed bilinear upsampling; a pooling-free dilated network of exactly the "
+    "same parameters (HDC rates); FCN-32s and FCN-8s heads on a ResNet-18 (1/16 width). Task "
+    "<code>synthetic:shapes</code>: the class is the object's colour, so what loses an object is resolution, "
+    "not ambiguity. Recall by octave of sqrt(area), with the number of validation objects in brackets.",
+    "upsampling": "The output-stride-8 pooling network (k = 3) with three final upsamplings: fixed bilinear, a "
+    "learned deconvolution initialised to bilinear, and DUC (parameters differ: the DUC convolution is stated "
+    "in the table).",
+    "gridding": "Task <code>synthetic:texture</code>: a checker region alternates two values between "
+    "neighbouring pixels, a flat region does not, and every parity sublattice looks the same for both classes, "
+    "so a stack whose rates are all even cannot tell them apart. The artifact column is the fraction of "
+    "neighbouring pixel pairs inside one ground-truth region whose predictions differ.",
+    "neighbourhood": "Task <code>synthetic:silhouettes</code>: the class of an object is its outline "
+    "(disc, box, diamond), its colour random; a small object is classified only from its own few pixels, the "
+    "centre of a large one only with context reaching its border. Same depth (6), width (16) and parameters.",
+    "context": "The output-stride-8 pooling network (k = 3) with four context heads on its last map, about the "
+    "same parameters (stated), on <code>synthetic:silhouettes</code>.",
+    "erf": "Rate-1 stacks of 3, 6 and 12 layers (16 channels). Share: the radius holding 95 % of the ERF's "
+    "gradient mass over that of a flat weighting of the theoretical field (1 when the ERF fills the field); "
+    "measured on Gaussian inputs at initialisation and after training.",
+    "nuclei": "Real data: the stardist nuclei image, trained on its top half and scored on its bottom half "
+    "(disjoint). A pooling network at output stride 16 against a pooling-free dilated network of exactly the "
+    "same parameters; nuclei are mostly 15-25 px across.",
+}
+
+
+def _experiment(results: dict, name: str, exp: dict) -> list[str]:
+    keys = exp["models"]
+    figs = results["figures"]
+    claims = [c for c in results["claims"] if c["experiment"] == name]
+    links = ", ".join(
+        f"<a href='#claim-{escape(c['id'])}'><code>{escape(c['id'])}</code></a> ({escape(c['verdict'])})"
+        for c in claims
+    )
+    parts = [
+        f"<h2 id='exp-{escape(name)}'>{escape(exp['title'])}</h2>",
+        f"<p><b>Factor varied:</b> {escape(exp['factor'])}. <b>Claims:</b> {links or 'none'}.</p>",
+        f"<p>{_TEXT[name]}</p>",
+        _models_table(results, keys),
+    ]
+    if name in ("pooling", "neighbourhood", "nuclei"):
+        parts.append(_octave_table(results, keys))
+    for fig in sorted(f for f in figs if f.startswith(name)):
+        parts.append(_img(results, fig, fig))
+    if name == "gridding":
+        parts += _gridding_extra(results)
+    if name == "erf":
+        parts.append(_img(results, "erf", "effective receptive fields"))
+    return parts
+
+
+def _gridding_extra(results: dict) -> list[str]:
+    static = results["static"]
     rows = [
         [
             f"<b>{escape(k)}</b>",
@@ -182,60 +227,49 @@ def render(results: dict) -> str:
             str(c["holes"]),
             _num(c["gridding_ratio"]),
         ]
-        for k, c in cov.items()
+        for k, c in static["coverage"].items()
     ]
-    tex = results["texture"]
-    trows = [
-        [
-            f"<b>{escape(k)}</b>",
-            ",".join(map(str, t["options"]["rates"])),
-            _num(t["pixel_acc"]),
-            _num(t["miou"]),
-            _num(t["artifact"]),
-        ]
-        for k, t in tex.items()
-    ]
-    parts += [
-        "<h2>2. Gridding</h2>",
-        "<p>Coverage of the rate lists (3x3 kernels): the number of paths from each input pixel to one output "
-        "pixel; a hole is a pixel inside the receptive field that no path reaches.</p>",
+    return [
+        f"<p>Chance (majority class) on the texture validation split: {_num(static['texture_chance_acc'])}. "
+        f"The rate-1 stack of the same depth and width has {_num(static['rate1']['params'])} parameters and a "
+        f"{static['rate1']['rf']} px field; the HDC stack {_num(static['hdc']['params'])} and "
+        f"{static['hdc']['rf']} px.</p>",
         _table(["stack", "rates", "RF (px)", "holes", "gridding ratio"], rows, "coverage"),
-        f"<img src='{figs['coverage']}' alt='coverage maps'>",
-        "<p>The texture task (<code>synthetic:texture</code>): a <i>checker</i> region alternates two values "
-        "between neighbouring pixels, a <i>flat</i> region does not, and every parity sublattice of the image "
-        "is distributed identically for both classes, so a network whose rates are all even cannot tell them "
-        f"apart. Chance (majority class) is {_num(results['texture_chance_acc'])}. The artifact column is the "
-        "fraction of neighbouring pixel pairs inside one ground-truth region whose predictions differ.</p>",
-        _table(["model", "rates", "pixel accuracy", "mIoU", "artifact"], trows, "texture"),
-        f"<img src='{figs['texture_predictions']}' alt='texture predictions'>",
+        _img(results, "coverage", "coverage maps"),
     ]
 
-    # long range
+
+def _datasets(results: dict) -> list[str]:
     rows = [
         [
-            f"<b>{escape(k)}</b>",
-            escape(models[k]["role"]),
-            _num(models[k]["small_recall"]),
-            _num(models[k]["miou"]),
+            f"<b>{escape(d['name'])}</b>",
+            "real" if d["real"] else "synthetic",
+            escape(d["source"]),
+            ", ".join(
+                f"{s}: {n} of {'x'.join(map(str, d['image_size'][s]))} px" for s, n in d["splits"].items()
+            ),
         ]
-        for k in ("large", "aspp", "hdc")
+        for d in results["datasets"]
     ]
-    parts += [
-        "<h2>3. Long-range context: large rates only vs ASPP vs HDC</h2>",
-        _table(["model", "what", f"recall < {small_px} px", "mIoU"], rows, "longrange"),
-        "<h2>4. Receptive fields</h2>",
-        f"<p>Theoretical RF of the rate-1 stack with the same parameters as the HDC stack: "
-        f"{results['rate1_stack']['rf']} px ({_num(results['rate1_stack']['params'])} parameters).</p>",
-        f"<img src='{figs['erf']}' alt='effective receptive fields'>",
-    ]
+    return ["<h2>Data</h2>", _table(["name", "kind", "source", "splits"], rows, "datasets")]
 
-    # how it was run
+
+def _footer(results: dict) -> list[str]:
     rows = [[escape(k), _num(v, 1)] for k, v in results["timings_s"].items()]
-    parts += [
+    return [
         "<h2>How this was run</h2>",
-        "<p>Every model: AdamW, linear warm-up then cosine decay, cross-entropy, random crops and flips, the "
-        "same steps and batch. Validation images are never trained on. Per-stage wall time (s):</p>",
+        "<p>Every run: <code>atrous.train</code>'s engine from the config linked beside it (AdamW, lr 0.004, "
+        "cosine schedule with warm-up, cross-entropy, random crops and flips, no rescaling), one thread, in its "
+        "own run folder; validation only at the end, with the final weights, on a split never trained on. "
+        f"Machine: {escape(results['machine'])}. Wall time per stage (s):</p>",
         _table(["stage", "seconds"], rows, "timings"),
         "</body></html>",
     ]
-    return "\n".join(parts)
+
+
+def render(results: dict) -> str:
+    """The whole page as a string: claims first, then one section per experiment, data, how it was run."""
+    parts = _header(results) + _claims(results)
+    for name, exp in results["experiments"].items():
+        parts += _experiment(results, name, exp)
+    return "\n".join(parts + _datasets(results) + _footer(results))
