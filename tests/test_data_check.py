@@ -48,7 +48,7 @@ def test_histogram_sizes_and_classes(tmp_path):
     assert report.image_sizes["min"] == [7, 5] and report.image_sizes["max"] == [7, 6]
     assert report.image_sizes["median_short_side"] == 5 and report.image_sizes["distinct"] == 3
     text = report.format()
-    assert "sky" in text and "no findings" in text
+    assert "classes: 0 sky, 1 road, 2 car" in text and "no findings" in text
     built = check_dataset(build_dataset(f"folder:{tmp_path}"))  # a data set already built: the same checks
     assert built.label_histogram == report.label_histogram and built.image_sizes == report.image_sizes
 

@@ -94,6 +94,9 @@ class Report:
         """The report as text: header, classes, histogram, sizes, findings."""
         where = f"{self.data} [{self.split or 'all'}]"
         lines = [f"{where}: {self.images} image(s), {len(self.classes)} class(es) (from {self.classes_from})"]
+        if self.classes:
+            shown = ", ".join(f"{i} {name}" for i, name in enumerate(self.classes[:30]))
+            lines.append(f"classes: {shown}" + (", ..." if len(self.classes) > 30 else ""))
         total = sum(v for k, v in self.label_histogram.items() if k != IGNORE_INDEX) or 1
         if self.label_histogram:
             lines.append("label histogram (pixels, share of labelled pixels):")
