@@ -39,9 +39,11 @@ def write_checkpoint(
     seed: int = 0,
     classes: list[str] = CLASSES,
     palette: list[list[int]] = PALETTE,
+    config: dict | None = None,
     **options,
 ) -> Path:
-    """A checkpoint of an untrained model (tiny by default), 3 classes unless `classes` says otherwise."""
+    """A checkpoint of an untrained model (tiny by default), 3 classes unless `classes` says otherwise;
+    `config` is the training config it records (e.g. {"loss": {"ignore_index": 0}})."""
     if name != "dilated_net":
         options = {"backbone": "resnet18", "width": 0.125, **options}
     torch.manual_seed(seed)
@@ -55,7 +57,7 @@ def write_checkpoint(
             "classes": classes,
             "palette": palette,
             "normalize": {"mean": MEAN, "std": STD},
-            "config": {},
+            "config": config or {},
         },
     )
     return path

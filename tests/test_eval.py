@@ -14,6 +14,7 @@ from atrous.api import load, predict
 from atrous.cli import main
 from atrous.data import build_dataset
 from atrous.inference import MultiScaleFlip
+from atrous.metrics import BoundaryIoU
 
 DATA = "synthetic:shapes?n=3&size=40&seed=5"
 SHAPES = ["background", "disc", "box", "diamond"]
@@ -32,18 +33,24 @@ def checkpoint(tmp_path_factory):
     )
 
 
-def brute_force_metrics(pairs, k):
-    """mIoU, pixel accuracy, per-class IoU and object recall by size, by plain counting."""
-    inter, union, correct, total = np.zeros(k), np.zeros(k), 0, 0
+def brute_force_metrics(pairs, k, *, ignore=255, object_classes=None):
+    """mIoU, pixel accuracy, per-class IoU and Dice, and object recall by size over the regions of
+    `object_classes` (default: every class but 0, "background"), by plain counting."""
+    object_classes = range(1, k) if object_classes is None else object_classes
+    inter, union, pred_n, gt_n = (np.zeros(k) for _ in range(4))
+    correct = total = 0
     buckets = [(0, 4), (4, 8), (8, 16), (16, 32), (32, None)]
     recalls = [[] for _ in buckets]
     for pred, gt in pairs:
-        valid = gt != 255
+        valid = gt != ignore
         correct += int(((pred == gt) & valid).sum())
         total += int(valid.sum())
         for c in range(k):
             inter[c] += ((pred == c) & (gt == c) & valid).sum()
             union[c] += (((pred == c) | (gt == c)) & valid).sum()
+            pred_n[c] += ((pred == c) & valid).sum()
+            gt_n[c] += ((gt == c) & valid).sum()
+        for c in object_classes:
             components, n = scipy.ndimage.label(gt == c, structure=np.ones((3, 3)))
             for j in range(1, n + 1):
                 obj = components == j
@@ -52,6 +59,7 @@ def brute_force_metrics(pairs, k):
                 recalls[b].append((pred[obj] == c).mean())
     per_class = [inter[c] / union[c] if union[c] else None for c in range(k)]
     present = [v for v in per_class if v is not None]
+    dice = [2 * inter[c] / (pred_n[c] + gt_n[c]) if pred_n[c] + gt_n[c] else None for c in range(k)]
     by_size = [
         {"min": lo, "max": hi, "objects": len(r), "recall": float(np.mean(r)) if r else None}
         for (lo, hi), r in zip(buckets, recalls)
@@ -60,6 +68,7 @@ def brute_force_metrics(pairs, k):
         "miou": sum(present) / len(present),
         "pixel_acc": correct / total,
         "per_class_iou": per_class,
+        "per_class_dice": dice,
     }, by_size
 
 
@@ -69,7 +78,7 @@ def run_eval(checkpoint, tmp_path, *extra):
     return json.loads(out.read_text())
 
 
-def check_against_brute_force(result, checkpoint, infer=None):
+def check_against_brute_force(result, checkpoint, infer=None, ignore=255):
     model = load(checkpoint)
     dataset = build_dataset(DATA, "val")
     pairs = []
@@ -77,10 +86,20 @@ def check_against_brute_force(result, checkpoint, infer=None):
         rgb = image.permute(1, 2, 0).numpy()
         labels = predict(model, rgb) if infer is None else predict(model, rgb, infer=infer)
         pairs.append((labels, mask.numpy()))
-    expected, by_size = brute_force_metrics(pairs, len(SHAPES))
+    objects = [c for c in range(1, len(SHAPES)) if c != ignore]  # neither background nor the ignore index
+    expected, by_size = brute_force_metrics(pairs, len(SHAPES), ignore=ignore, object_classes=objects)
+    boundary = BoundaryIoU(len(SHAPES), ignore_index=ignore)  # T6's metric, tested by brute force there
+    for labels, mask in pairs:
+        boundary.update(torch.from_numpy(labels)[None], torch.from_numpy(mask)[None])
+    want = boundary.compute()
+    assert result["boundary_iou"] == pytest.approx(want["boundary_iou"], abs=1e-6)
+    assert result["per_class_boundary_iou"] == pytest.approx(want["per_class_boundary_iou"], abs=1e-6)
     assert result["miou"] == pytest.approx(expected["miou"], abs=1e-6)
     assert result["pixel_acc"] == pytest.approx(expected["pixel_acc"], abs=1e-6)
     assert result["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-6)
+    assert result["per_class_dice"] == pytest.approx(expected["per_class_dice"], abs=1e-6)
+    present = [d for d in expected["per_class_dice"] if d is not None]
+    assert result["dice"] == pytest.approx(sum(present) / len(present), abs=1e-6)
     assert len(result["object_recall_by_size"]) == len(by_size)
     for got, want in zip(result["object_recall_by_size"], by_size):
         assert (got["min"], got["max"], got["objects"]) == (want["min"], want["max"], want["objects"])
@@ -93,6 +112,50 @@ def test_eval_json_matches_brute_force(checkpoint, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
     check_against_brute_force(result, checkpoint)
     assert sum(b["objects"] for b in result["object_recall_by_size"]) > 3  # several objects were scored
+    assert result["ignore_index"] == 255
+
+
+def test_object_recall_leaves_out_the_background(checkpoint, tmp_path):
+    """Changed on purpose: object recall counts the regions of every class but "background" (the ignore
+    index is never a class); it counted background regions as objects before."""
+    result = run_eval(checkpoint, tmp_path, "--no-optimize")
+    pairs = [(mask.numpy(), mask.numpy()) for _, mask in build_dataset(DATA, "val")]
+    _, with_background = brute_force_metrics(pairs, len(SHAPES), object_classes=range(len(SHAPES)))
+    _, without = brute_force_metrics(pairs, len(SHAPES))
+    objects = [b["objects"] for b in result["object_recall_by_size"]]
+    assert objects == [b["objects"] for b in without]
+    assert sum(objects) < sum(b["objects"] for b in with_background)  # the background regions are gone
+
+
+def test_ignore_index_defaults_to_the_checkpoints_and_the_flag_overrides_it(tmp_path, capsys):
+    """A run trained with loss.ignore_index=1 is evaluated with mask value 1 (the discs here) unscored, as
+    its validation was; `--ignore-index 255` scores it again."""
+    ck = write_checkpoint(
+        tmp_path / "ignore0.pt",
+        name="dilated_net",
+        classes=SHAPES,
+        palette=SHAPES_PALETTE,
+        channels=8,
+        rates=(1, 2, 4),
+        config={"loss": {"ignore_index": 1}},
+    )
+    result = run_eval(ck, tmp_path, "--no-optimize")
+    assert result["ignore_index"] == 1
+    check_against_brute_force(result, ck, ignore=1)
+    result = run_eval(ck, tmp_path, "--no-optimize", "--ignore-index", "255")
+    assert result["ignore_index"] == 255
+    check_against_brute_force(result, ck, ignore=255)
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_unwritable_json_stops_before_the_evaluation(checkpoint, tmp_path, capsys, where):
+    (tmp_path / "a_file").write_text("x")
+    target = tmp_path / "a_file" / "m.json" if where == "under_a_file" else "/sys/atrous-test/m.json"
+    args = ["eval", "--checkpoint", str(checkpoint), "--data", DATA, "--json", str(target)]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert f"--json {target}: cannot write there" in err and len(err.strip().splitlines()) == 1
+    assert "mIoU" not in out  # nothing was evaluated
 
 
 def test_eval_optimized_model_by_default(checkpoint, tmp_path):

@@ -91,3 +91,33 @@ def test_export_of_a_missing_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nope.pt" in err and "Traceback" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only", "a_folder"])
+def test_unwritable_onnx_stops_before_the_export(checkpoint, tmp_path, capsys, monkeypatch, where):
+    """One line before any work: the export and its onnxruntime check never start."""
+    (tmp_path / "a_file").write_text("x")
+    target = {
+        "under_a_file": tmp_path / "a_file" / "m.onnx",
+        "read_only": "/sys/atrous-test/m.onnx",  # not writable, even for root
+        "a_folder": tmp_path,
+    }[where]
+    monkeypatch.setattr(atrous.export, "export_onnx", lambda *a, **k: pytest.fail("export ran"))
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    message = "is a folder: give a file name" if where == "a_folder" else "cannot write there"
+    assert f"--onnx {target}" in err and message in err and len(err.splitlines()) == 1
+
+
+def test_a_run_folder_as_checkpoint_names_the_file_to_give(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["export", "--checkpoint", str(run), "--onnx", str(tmp_path / "x.onnx")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"checkpoint {run} is a folder with no .pt file" in err and len(err.splitlines()) == 1
+    (run / "best.pt").write_bytes(checkpoint.read_bytes())
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"checkpoint {run} is a folder: give a checkpoint file in it, e.g. {run / 'best.pt'}" in err
+    assert "does not exist" not in err

@@ -149,6 +149,8 @@ def test_bad_images_stop_with_one_line_or_are_counted(checkpoint, tmp_path, caps
         ("empty-folder", "no images found"),
         ("collision", "would both be written"),
         ("out-is-a-file", "is a file"),
+        ("out-under-a-file", "cannot write there"),
+        ("out-read-only", "cannot write there"),
     ],
 )
 def test_input_errors(checkpoint, tmp_path, capsys, setup, message):
@@ -164,6 +166,13 @@ def test_input_errors(checkpoint, tmp_path, capsys, setup, message):
     if setup == "out-is-a-file":
         inputs = [str(write_images(tmp_path / "a", 1)[0])]
         out.write_text("a file where the output folder should go")
+    elif setup == "out-under-a-file":
+        inputs = [str(write_images(tmp_path / "a", 1)[0])]
+        (tmp_path / "a_file").write_text("x")
+        out = tmp_path / "a_file" / "out"
+    elif setup == "out-read-only":  # not writable, even for root: stops before the model is loaded
+        inputs = [str(write_images(tmp_path / "a", 1)[0])]
+        out = Path("/sys/atrous-test/out")
     assert main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

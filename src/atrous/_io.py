@@ -80,3 +80,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _probe_folder(folder: Path) -> str | None:
+    """Why a file cannot be created in the existing path `folder` (None: it can), by creating one."""
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".atrous-probe.", dir=folder)
+    except OSError as e:
+        return os.strerror(e.errno) if e.errno else str(e)
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_writable(path: str | os.PathLike, *, what: str, folder: bool = False) -> None:
+    """Raise `AtrousError` (one line, naming `what` and `path`) unless a file can be written at `path`, or
+    (`folder=True`) files inside the folder `path`, before any expensive work. Nothing is left behind: a
+    missing folder is not created, its nearest existing parent is probed instead (by creating and removing
+    a file, the one test that also holds for root and for read-only mounts)."""
+    from atrous.errors import AtrousError
+
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise AtrousError(f"{what} {target} is a file: give a folder (a new or an existing one)")
+    if not folder and target.is_dir():
+        raise AtrousError(f"{what} {target} is a folder: give a file name, e.g. {target / 'metrics.json'}")
+    start = target if folder else target.parent
+    reason = _probe_folder(
+        _nearest_existing(start)
+    )  # (atomic writes rename: the folder decides, not the file)
+    if reason is not None:
+        raise AtrousError(f"{what} {target}: cannot write there ({reason}); choose a writable location")

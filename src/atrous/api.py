@@ -40,6 +40,7 @@ class ModelMeta:
     # How the training data's mask files store the classes (`atrous.data.LabelConvention.to_dict`), so that
     # `predict_files` writes masks back the same way; None (checkpoints without it): class indices.
     label_convention: dict | None = None
+    ignore_index: int = 255  # the mask value the run did not score (its loss.ignore_index)
 
 
 def meta_from_checkpoint(ck: dict) -> ModelMeta:
@@ -58,6 +59,20 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
         mean=tuple(float(v) for v in normalize["mean"]),
         std=tuple(float(v) for v in normalize["std"]),
         label_convention=ck.get("label_convention"),
+        ignore_index=int(((ck.get("config") or {}).get("loss") or {}).get("ignore_index", 255)),
+    )
+
+
+def _refuse_folder(path: Path) -> None:
+    """A run folder given where its checkpoint file is meant: say so, naming the file to give instead."""
+    if not path.is_dir():
+        return
+    found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()] or sorted(path.glob("*.pt"))
+    if found:
+        raise AtrousError(f"checkpoint {path} is a folder: give a checkpoint file in it, e.g. {found[0]}")
+    raise AtrousError(
+        f"checkpoint {path} is a folder with no .pt file: give a checkpoint file (RUN/best.pt or RUN/last.pt "
+        "written by atrous train)"
     )
 
 
@@ -78,7 +93,7 @@ def load(
 
     dtype = resolve_dtype(dtype)
     check_supported(dtype, device)  # before the file is read: a wrong choice fails at once
-
+    _refuse_folder(Path(path))
     ck = load_checkpoint(path)
     try:
         meta = meta_from_checkpoint(ck)

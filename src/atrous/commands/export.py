@@ -39,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atrous._io import check_writable
     from atrous.api import load
     from atrous.export import export_onnx
 
+    check_writable(args.onnx, what="--onnx")  # before the export and its onnxruntime check
     model = load(args.checkpoint)
     height, width = args.size
     results = export_onnx(

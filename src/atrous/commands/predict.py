@@ -39,15 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from tqdm import tqdm
 
+    from atrous._io import check_writable
     from atrous.api import find_images, predict_files
     from atrous.errors import AtrousError
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise AtrousError(f"--out {args.out} is a file: give a folder for the predictions")
+    check_writable(args.out, what="--out", folder=True)  # before the model is loaded
     if not 0.0 <= args.alpha <= 1.0:
         raise AtrousError(f"--alpha {args.alpha}: the overlay opacity must be between 0 and 1")
     infer = build_infer_from_args(args)
