@@ -24,7 +24,13 @@ from atrous.ops.conv import (
     choose_layout,
     same_padding,
 )
-from atrous.ops.reparam import UNIREPLKNET_BRANCHES, DilatedReparam, dilated_to_dense, fold_batchnorm
+from atrous.ops.reparam import (
+    UNIREPLKNET_BRANCHES,
+    DilatedReparam,
+    dilated_to_dense,
+    fold_batchnorm,
+    reparameterize,
+)
 
 __all__ = [
     "DUC",
@@ -46,5 +52,6 @@ __all__ = [
     "choose_layout",
     "dilated_to_dense",
     "fold_batchnorm",
+    "reparameterize",
     "same_padding",
 ]

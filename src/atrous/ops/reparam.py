@@ -130,3 +130,13 @@ class DilatedReparam(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, branches={self.branches}"
+
+
+def reparameterize(model: nn.Module) -> int:
+    """Replace, in place, every `DilatedReparam` inside `model` by its merged `nn.Conv2d` (from the running
+    statistics: call it on an eval-mode copy) and return how many; a `DilatedReparam` given as `model`
+    itself cannot replace itself: use its `reparameterize()`. The one call for the inference form."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, DilatedReparam) and name]
+    for name, block in targets:
+        model.set_submodule(name, block.reparameterize())
+    return len(targets)
