@@ -9,9 +9,9 @@ convolutions. With the image-pooling branch the five branches are concatenated a
 BN + ReLU + dropout 0.5, as ASPP's projection. A waterfall layer reads 256 channels instead of ASPP's 2048,
 hence the parameter saving the paper reports.
 
-Where the authors' code and the paper differ, this follows the paper's Fig. 3: every branch has its own
-pair of 1x1 convolutions (the code shares one 1x1 weight over all branches and applies it twice), and the
-first waterfall layer is a 3x3 at rate 6 (the code's first layer is a 1x1). The branches' 1x1
+Where the authors' code and the paper differ, this follows the paper's drawing of the module: every
+branch has its own pair of 1x1 convolutions (the code shares one 1x1 weight over all branches and applies
+it twice), and the first waterfall layer is a 3x3 at rate 6 (the code's first layer is a 1x1). The branches' 1x1
 convolutions are linear (no BatchNorm or ReLU between them), as in the code.
 """
 
