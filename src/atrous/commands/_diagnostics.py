@@ -7,9 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 from atrous.errors import AtrousError
 
@@ -54,34 +51,15 @@ def build_model(name: str, options: list[str], num_classes: int):
 
 
 def check_outputs(**paths) -> None:
-    """Stop in one line, before any expensive work, when an output cannot be written.
+    """Stop in one line, before any expensive work, when an output cannot be written (`_io.check_writable`).
 
-    Keywords are the flags (`json="out/rf.json"` for `--json`); None means the flag was not given. Missing
-    folders are fine (the atomic writer creates them); the nearest existing one is probed by creating and
-    removing a temporary file in it, which is the only test a read-only mount or root's permissions answer
-    truthfully.
+    Keywords are the flags (`json="out/rf.json"` for `--json`); None means the flag was not given.
     """
+    from atrous._io import check_writable
+
     for flag, path in paths.items():
-        if path is None:
-            continue
-        target = Path(path)
-        if target.is_dir():
-            raise AtrousError(
-                f"--{flag} {path} is a folder: give a file name, e.g. --{flag} {target / ('out.' + flag)}"
-            )
-        folder = target.parent
-        while not folder.exists():
-            folder = folder.parent
-        if not folder.is_dir():
-            raise AtrousError(f"--{flag} {path}: {folder} is a file, not a folder; choose another path")
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".atrous-write-check-", dir=folder)
-        except OSError as e:
-            raise AtrousError(
-                f"--{flag} {path}: cannot write in {folder} ({e.strerror}); choose another path"
-            ) from None
-        os.close(fd)
-        os.unlink(probe)
+        if path is not None:
+            check_writable(path, what=f"--{flag}")
 
 
 def check_size(size) -> tuple[int, int]:
