@@ -275,5 +275,6 @@ def test_skip_bad_leaves_out_and_counts_unreadable_pairs(checkpoint, tmp_path, c
     assert any("1.png" in str(w.message) for w in record) and any(
         "skipped 1 bad" in str(w.message) for w in record
     )
+    assert not any("--skip-bad" in str(w.message) for w in record)  # not asked for once it is given
     result = json.loads(out.read_text())
     assert (result["images"], result["skipped"]) == (2, 1)

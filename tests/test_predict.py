@@ -139,6 +139,7 @@ def test_bad_images_stop_with_one_line_or_are_counted(checkpoint, tmp_path, caps
     captured = capsys.readouterr()
     assert "1 predicted" in captured.out and "2 unreadable skipped" in captured.out
     assert "empty.png" in captured.err and "0001.png" in captured.err
+    assert "--skip-bad" not in captured.err  # the warnings do not ask for the flag that is already given
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["0000.png"]
 
 
