@@ -295,21 +295,33 @@ class _Forward(nn.Module):
         return type(self.layer).forward(self.layer, x)
 
 
+_LAYERS = [
+    nn.Conv2d(4, 4, 3, padding="same", dilation=2),
+    nn.Conv2d(4, 4, (3, 5), stride=(2, 1), padding=(1, 2)),
+    nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1),  # channel-mixing: a learned upsampling
+    nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=4),  # per-channel: interpolation only
+    nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+    nn.AvgPool2d(2),
+    nn.AdaptiveAvgPool2d((5, 7)),
+    nn.Upsample(scale_factor=2, mode="bilinear"),
+    nn.Upsample(size=(17, 19), mode="bicubic", align_corners=True),
+    nn.PixelShuffle(2),
+    nn.PixelUnshuffle(2),
+]
+
+
+def test_every_rule_with_both_forms_is_checked_below():
+    """A rule that serves a functional call and a module is in the equivalence test below."""
+    from atrous.analysis.receptive_field import RULES
+
+    for rule in RULES:
+        if rule.functions and rule.modules:
+            assert any(isinstance(layer, rule.modules) for layer in _LAYERS), rule.name
+
+
 @pytest.mark.parametrize(
     "layer",
-    [
-        nn.Conv2d(4, 4, 3, padding="same", dilation=2),
-        nn.Conv2d(4, 4, (3, 5), stride=(2, 1), padding=(1, 2)),
-        nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1),  # channel-mixing: a learned upsampling
-        nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=4),  # per-channel: interpolation only
-        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
-        nn.AvgPool2d(2),
-        nn.AdaptiveAvgPool2d((5, 7)),
-        nn.Upsample(scale_factor=2, mode="bilinear"),
-        nn.Upsample(size=(17, 19), mode="bicubic", align_corners=True),
-        nn.PixelShuffle(2),
-        nn.PixelUnshuffle(2),
-    ],
+    _LAYERS,
     ids=lambda layer: repr(layer),
 )
 def test_module_and_functional_forms_share_one_rule(layer):
