@@ -121,3 +121,24 @@ def test_a_run_folder_as_checkpoint_names_the_file_to_give(checkpoint, tmp_path,
     err = capsys.readouterr().err.strip()
     assert f"checkpoint {run} is a folder: give a checkpoint file in it, e.g. {run / 'best.pt'}" in err
     assert "does not exist" not in err
+
+
+def test_dilated_reparam_exports_in_its_merged_form(tmp_path, capsys):
+    """One depthwise Conv node per DilatedReparam (not one per branch), checked by onnxruntime against the
+    training form; the checkpoint keeps the branches."""
+    from atrous.ops import DilatedReparam
+
+    ck = write_checkpoint(tmp_path / "rep.pt", name="dilated_net", channels=4, rates=(1, 2), block="reparam")
+    model = load(ck)
+    blocks = [m for m in model.modules() if isinstance(m, DilatedReparam)]
+    training_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    out = tmp_path / "rep.onnx"
+    assert main(["export", "--checkpoint", str(ck), "--onnx", str(out), "--size", "24", "--dynamic"]) == 0
+    assert "max |onnxruntime - pytorch|" in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    branches = sum(len(b.dilated) for b in blocks)  # each block's dilated branches vanish in the merge
+    assert len(convs) == training_convs - branches + 1  # + the classifier head's F.conv2d (no Conv2d module)
+    group = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in convs}
+    assert sum(g > 1 for g in group.values()) == len(blocks)  # one depthwise conv per block
+    assert sum(isinstance(m, DilatedReparam) for m in load(ck).modules()) == len(blocks)

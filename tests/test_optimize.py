@@ -73,3 +73,26 @@ def test_compiled_copy_keeps_outputs():
     compiled = optimize(model, compile=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_every_dilated_reparam_is_merged_into_one_convolution():
+    """dilated_net's re-parameterised layers (UniRepLKNet): the optimised copy holds no DilatedReparam, one
+    depthwise conv per block instead (kernel 2r+1 for rate r), and gives the eval-mode training form's
+    outputs; the model itself keeps its training form."""
+    from atrous.ops import DilatedReparam
+
+    rates = (1, 2, 3)
+    model = models.build("dilated_net", 3, rates=list(rates), channels=8, block="reparam")
+    randomise_bn(model)
+    blocks = [m for m in model.modules() if isinstance(m, DilatedReparam)]
+    assert len(blocks) == len(rates)
+    opt = optimize(model, channels_last=False)
+    assert not any(isinstance(m, DilatedReparam) for m in opt.modules())
+    assert sum(isinstance(m, DilatedReparam) for m in model.modules()) == len(rates)  # untouched
+    merged = [m for m in opt.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [m.kernel_size for m in merged] == [(b.kernel_size, b.kernel_size) for b in blocks]
+    x = torch.randn(2, 3, 23, 19)
+    with torch.no_grad():
+        ref = model.eval()(x).double()
+        got = opt(x).double()
+    assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))

@@ -28,7 +28,7 @@ from torch import nn
 
 from atrous._io import atomic_path
 from atrous.errors import AtrousError
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, reparameterize
 
 
 def with_plain_convs(model: nn.Module) -> nn.Module:
@@ -98,7 +98,9 @@ def export_onnx(
     import onnx
 
     model = model.eval().to("cpu")
-    traced = with_plain_convs(model) if dynamic else model
+    traced = copy.deepcopy(model)
+    reparameterize(traced)  # the inference form of every DilatedReparam; the check compares with `model`
+    traced = with_plain_convs(traced) if dynamic else traced
     example = random_images(model.meta, 1, height, width)
     shapes = [(1, height, width)]
     if dynamic:  # a second batch size and odd sizes unlike the traced ones

@@ -1,6 +1,8 @@
 """`atrous.optimize`: an inference-ready copy of a segmentation model.
 
 Measured wins on the CPU (see docs/performance.md):
+- every `atrous.ops.DilatedReparam` (UniRepLKNet's training form: a large depthwise kernel beside dilated
+  ones, each with its BatchNorm) merged into its one equivalent depthwise convolution (`reparameterize`);
 - BatchNorm folded into the preceding convolution (`fold.py`): one pass over each activation less;
 - channels_last (NHWC) weights and activations (`layout.py`): oneDNN's convolutions run several times
   faster than in NCHW on the CPU; the input is converted once at the model's entry;
@@ -18,6 +20,7 @@ import copy
 import torch
 from torch import nn
 
+from atrous.ops.reparam import reparameterize
 from atrous.optimize.fold import fold_batchnorm
 from atrous.optimize.fused import fuse_aspp_for_inference, fuse_for_inference
 from atrous.optimize.layout import to_channels_last
@@ -98,13 +101,15 @@ def optimize(
     original's to `atol` (relative to the output's scale), else ValueError. With a 16-bit `dtype` the copy
     is a `Precision` wrapper in whichever of autocast and cast weights measured faster on `example_input`
     (its `precision_timings` say how fast and how many labels equal float32's); fp16 needs CUDA. The copy
-    keeps the model's class and attributes (`build_args`, `output_stride`, `meta`); a `Precision` or
+    keeps the model's class and attributes (`build_args`, `output_stride`, `meta`) with every
+    `DilatedReparam` merged into its one convolution (the checkpoint keeps the training form); a `Precision` or
     `torch.compile` wrapper passes attribute lookups on to the model. On the CPU, ResNet bottlenecks and
     ASPP become their fused oneDNN forms (`atrous.optimize.fused`); elsewhere they run as the float blocks.
     """
     dtype = resolve_dtype(dtype)
     opt = _eval_copy(model)
     x = example_input if example_input is not None else random_example(opt)
+    reparameterize(opt)  # before folding: each merge folds its branches' own BatchNorms
     if fold_bn:
         fold_batchnorm(opt, x)
         if not compile:  # Inductor's freezing fuses these itself
