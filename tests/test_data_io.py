@@ -213,3 +213,31 @@ def test_image_modes_are_read_as_rgb(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     expected = np.round(deep / 257.0).astype(np.uint8)  # auto: max 65535 > 255, so value * 255 / 65535
     assert np.array_equal(read_image(tmp_path / "deep.png"), np.stack([expected] * 3, axis=2))
+
+
+def test_predict_reads_16bit_images_by_the_rule_the_model_was_trained_with(tmp_path):
+    from dataclasses import replace
+
+    from atrous.api import meta_from_checkpoint
+
+    ck = {
+        "model": {"name": "m", "num_classes": 2},
+        "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+        "config": {"data": {"train": "folder:cells?intensity=percentile&map=0:0,255:1"}},
+    }
+    assert meta_from_checkpoint(ck).intensity == "percentile"
+    assert meta_from_checkpoint({**ck, "config": {}}).intensity == "auto"  # older checkpoints
+    outlier = (np.arange(400, dtype=np.uint16) * 10).reshape(20, 20)
+    outlier[0, 0] = 65535  # one hot pixel: auto scales by it, percentile clips it
+    Image.fromarray(outlier).save(tmp_path / "deep.tif")
+    model = _Capture()
+    model.meta = replace(model.meta, intensity="percentile")
+    atrous.predict(model, tmp_path / "deep.tif")  # no intensity given: the model's
+    seen = np.round(model.seen[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(seen, read_image(tmp_path / "deep.tif", intensity="percentile"))
+    assert not np.array_equal(seen, read_image(tmp_path / "deep.tif"))  # the rules differ on this file
+    atrous.predict(model, tmp_path / "deep.tif", intensity="full")  # an explicit rule wins
+    assert model.seen.max() * 255 <= 255.5 and np.array_equal(
+        np.round(model.seen[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+        read_image(tmp_path / "deep.tif", intensity="full"),
+    )

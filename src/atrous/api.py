@@ -22,6 +22,7 @@ from atrous._io import atomic_path
 from atrous.data import LabelConvention, encode_prediction, standard_palette
 from atrous.data.io import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported (the one list: atrous.data.io)
 from atrous.data.io import as_rgb_array, find_images, read_image, without_skip_hint
+from atrous.data.spec import intensity_of
 from atrous.errors import AtrousError
 from atrous.inference import Infer, whole_image
 
@@ -41,6 +42,8 @@ class ModelMeta:
     # `predict_files` writes masks back the same way; None (checkpoints without it): class indices.
     label_convention: dict | None = None
     ignore_index: int = 255  # the mask value the run did not score (its loss.ignore_index)
+    # The 16-bit grey image rule the training data was read with (its spec's ?intensity=), used by default.
+    intensity: str = "auto"
 
 
 def meta_from_checkpoint(ck: dict) -> ModelMeta:
@@ -60,7 +63,17 @@ def meta_from_checkpoint(ck: dict) -> ModelMeta:
         std=tuple(float(v) for v in normalize["std"]),
         label_convention=ck.get("label_convention"),
         ignore_index=int(((ck.get("config") or {}).get("loss") or {}).get("ignore_index", 255)),
+        intensity=_training_intensity(ck),
     )
+
+
+def _training_intensity(ck: dict) -> str:
+    """The `?intensity=` rule of the checkpoint's training data spec ("auto" when none or unreadable)."""
+    spec = ((ck.get("config") or {}).get("data") or {}).get("train")
+    try:
+        return intensity_of(spec) if isinstance(spec, str) else "auto"
+    except AtrousError:  # a spec this version cannot parse: the default rule
+        return "auto"
 
 
 def _refuse_folder(path: Path) -> None:
@@ -142,17 +155,17 @@ def predict(
     *,
     probabilities: bool = False,
     infer: Infer = whole_image,
-    intensity: str = "auto",
+    intensity: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image with a model from `atrous.load`.
 
     Returns int64 `(H, W)` class indices at the image's size; with `probabilities=True` also the float32
     `(K, H, W)` softmax probabilities. `infer` picks the strategy (`atrous.inference.SlidingWindow`,
     `MultiScaleFlip`, or the default whole-image pass); `intensity` the rule for 16-bit grey images
-    (`atrous.data.io`: auto, full, minmax, percentile).
+    (`atrous.data.io`: auto, full, minmax, percentile; default: the rule the model was trained with).
     """
     meta = _meta(model)
-    rgb = as_rgb_array(image, intensity=intensity)
+    rgb = as_rgb_array(image, intensity=intensity or meta.intensity)
     was_training = model.training
     model.eval()  # BatchNorm's running statistics and no dropout, whatever mode the caller left it in
     try:
@@ -229,7 +242,7 @@ def predict_files(
     skip_bad: bool = False,
     infer: Infer = whole_image,
     alpha: float = 0.5,
-    intensity: str = "auto",
+    intensity: str | None = None,
 ):
     """Predict every image in `inputs` (files or folders) into `out`, one image at a time.
 
@@ -237,9 +250,10 @@ def predict_files(
     is kept between images). Each output PNG is written atomically, the class-index PNG first and the
     overlay last, so an image is finished exactly when both exist: `skip_existing` skips those. An
     unreadable image raises `AtrousError`, or with `skip_bad` is yielded as "bad" and skipped. `intensity`:
-    the 16-bit grey image rule of `atrous.data.io.read_image`.
+    the 16-bit grey image rule of `atrous.data.io.read_image` (default: the model's training rule).
     """
     meta = _meta(model)
+    intensity = intensity or meta.intensity
     for source, name in find_images(inputs, out):
         mask_path, overlay_path = output_paths(out, name)
         if skip_existing and mask_path.is_file() and overlay_path.is_file():

@@ -23,17 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous._io import atomic_write_text
+    from atrous._io import atomic_write_text, check_writable
     from atrous.data import available_splits
     from atrous.data.check import check_data, reports_json
     from atrous.errors import AtrousError
 
     if args.json:
-        from pathlib import Path
-
-        parent = Path(args.json).parent
-        if not parent.is_dir():
-            raise AtrousError(f"--json {args.json}: the folder {parent} does not exist; create it first")
+        check_writable(args.json, what="--json")  # before the masks are read
     try:
         splits = [args.split] if args.split is not None else available_splits(args.spec) or [None]
     except AtrousError:

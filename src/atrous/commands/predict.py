@@ -27,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--intensity",
-        default="auto",
         choices=("auto", "full", "minmax", "percentile"),
         help="16-bit grey images to 8 bits: auto (kept when they fit in 8 bits, else scaled by the file's "
-        "max), full (/257), minmax or percentile (1-99.8 %%, as microscopy tools) per file",
+        "max), full (/257), minmax or percentile (1-99.8 %%, as microscopy tools) per file (default: the "
+        "rule the model was trained with, its data spec's ?intensity=)",
     )
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)"
