@@ -220,3 +220,19 @@ def test_fuzz_data_check_over_mask_conventions(convention, shapes, seed):
             assert report["findings"][0]["files"] == [str(root / "masks" / f"f{len(masks) - 1}.png")]
     finally:
         shutil.rmtree(root)
+
+
+def test_another_ignore_index_makes_255_an_ordinary_label(tmp_path, capsys):
+    mask = np.array([[0, 1, 2], [2, 255, 1]], np.uint8)
+    path = _pair(tmp_path, "a", mask)
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    assert build_dataset(f"folder:{tmp_path}")[0][1].tolist() == mask.tolist()  # 255 = ignore by default
+    ds = build_dataset(f"folder:{tmp_path}", ignore_index=0)  # 0 is not scored: 255 must be a class
+    with pytest.raises(AtrousError, match=r"a.png: mask holds label\(s\) 255 .* \(0..2, 0 = ignore\)"):
+        ds[0]
+    report = check_data(f"folder:{tmp_path}", ignore_index=0)
+    assert report.codes() == ["label-out-of-range"] and report.findings[0].files == [str(path)]
+    assert report.label_histogram == {0: 1, 1: 2, 2: 2, 255: 1}
+    assert main(["data", "check", f"folder:{tmp_path}", "--ignore-index", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "label 255 is outside 0..2 (3 classes, 0 = ignore)" in out and "    0 ignore" in out

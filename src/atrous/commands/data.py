@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("--split", help="split to check (default: every split of the data)")
     check.add_argument("--num-classes", type=int, metavar="K", help="the class count training would use")
+    check.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        metavar="V",
+        help="the mask value that is not a class (training's loss.ignore_index; default 255)",
+    )
     check.add_argument("--json", metavar="FILE", help="also write the reports as JSON (atomically)")
 
 
@@ -34,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         splits = [args.split] if args.split is not None else available_splits(args.spec) or [None]
     except AtrousError:
         splits = [args.split]  # check_data reports why the data cannot be read
-    reports = [check_data(args.spec, split, num_classes=args.num_classes) for split in splits]
+    reports = [
+        check_data(args.spec, split, num_classes=args.num_classes, ignore_index=args.ignore_index)
+        for split in splits
+    ]
     print("\n\n".join(r.format() for r in reports))
     if args.json:
         atomic_write_text(args.json, reports_json(reports) + "\n")

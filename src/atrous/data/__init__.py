@@ -28,16 +28,33 @@ _BY_KIND = {kind: LAYOUTS.get(kind) for kind in KINDS}  # the order error messag
 
 
 def build_dataset(
-    spec: str, split: str | None = None, *, transform=None, skip_bad: bool = False, num_classes=None
+    spec: str,
+    split: str | None = None,
+    *,
+    transform=None,
+    skip_bad: bool = False,
+    num_classes=None,
+    ignore_index: int = IGNORE_INDEX,
 ):
     """The data set named by `spec` (`KIND:PATH?key=value&...`) for `split`.
 
     `num_classes`, when given, must agree with the data set's own class list (VOC 21, Cityscapes 19, ADE20K
     150, CamVid 11, synthetic per task, a classes or palette file); for `folder:`/`mmseg:` data without a
     class list it sets the number of classes and spares the scan of every mask. Bad files raise a
-    one-line `DataError`, or with `skip_bad` are left out with a warning.
+    one-line `DataError`, or with `skip_bad` are left out with a warning. `ignore_index` is the mask value
+    that is not a class (the run's `loss.ignore_index`; generated data holds none): with another value
+    than 255, a 255 in a mask is a label like any other (out of range unless it is a class), and the label
+    options, which write 255 for "ignore", must map to it instead (e.g. `map=11:0` when 0 is ignored).
     """
-    return build_from(_BY_KIND, spec, split, transform=transform, skip_bad=skip_bad, num_classes=num_classes)
+    return build_from(
+        _BY_KIND,
+        spec,
+        split,
+        transform=transform,
+        skip_bad=skip_bad,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+    )
 
 
 def available_splits(spec: str) -> list[str]:

@@ -80,13 +80,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label_fix: str = "fix the mask",
         intensity: str = "auto",
         classes_from: str = "layout",
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         """`name` (e.g. "folder:data split 'val'") starts messages; `convention` maps stored mask values to
         classes (Cityscapes label ids, reduce_zero_label, map=, palette=); `label_fix` says how to fix a
         label out of range; `skipped` lists pairs the caller already left out (missing partners);
         `intensity` is the 16-bit image rule of `atrous.data.io.read_image`; `classes_from` says where the
         class list came from ("layout", "file", "num_classes", or "scan": the largest label in the masks,
-        which `atrous.data.check` questions)."""
+        which `atrous.data.check` questions); `ignore_index` is the one mask value besides the classes
+        (the run's `loss.ignore_index`: with another value, 255 is an ordinary label and must be a class)."""
         if len(palette) != len(classes):
             raise ValueError(f"{len(classes)} classes but {len(palette)} palette colours")
         self.name = name
@@ -99,6 +101,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_fix = label_fix
         self.intensity = check_intensity(intensity)
         self.classes_from = classes_from
+        self.ignore_index = ignore_index
         self.skipped: list[tuple[Path, str]] = list(skipped)
         self.pairs: list[tuple[Path, Path]] = []
         colour = self.convention.palette is not None
@@ -145,13 +148,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{image.shape[1]}x{image.shape[0]} (as shown, EXIF orientation applied): masks must match "
                 "their image"
             )
-        bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != IGNORE_INDEX)
+        bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != self.ignore_index)
         if bad.any():
             values = ", ".join(str(v) for v in np.unique(mask[bad])[:5])
             how = "" if self.convention.identity else f" (after {self.convention.describe()})"
             raise DataError(
                 f"{mask_path}: mask holds label(s) {values}{how} but {self.name} has {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}, {IGNORE_INDEX} = ignore): {self.label_fix}"
+                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore): {self.label_fix}"
             )
         return image, mask
 
@@ -193,6 +196,7 @@ class Listing:
         transform: Callable | None,
         skip_bad: bool,
         intensity: str,
+        ignore_index: int,
     ) -> SegmentationDataset:
         if not self.pairs and not self.skipped:
             raise DataError(f"{self.name} is empty: {self.empty}")
@@ -208,6 +212,7 @@ class Listing:
             label_fix=self.label_fix,
             intensity=intensity,
             classes_from=self.classes_from,
+            ignore_index=ignore_index,
         )
 
 

@@ -55,7 +55,8 @@ class Report:
     images: int = 0
     classes: list[str] = field(default_factory=list)
     classes_from: str = ""
-    label_histogram: dict[int, int] = field(default_factory=dict)  # label -> pixels (255 = ignore)
+    label_histogram: dict[int, int] = field(default_factory=dict)  # label -> pixels (ignore_index too)
+    ignore_index: int = IGNORE_INDEX
     image_sizes: dict = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
@@ -97,14 +98,14 @@ class Report:
         if self.classes:
             shown = ", ".join(f"{i} {name}" for i, name in enumerate(self.classes[:30]))
             lines.append(f"classes: {shown}" + (", ..." if len(self.classes) > 30 else ""))
-        total = sum(v for k, v in self.label_histogram.items() if k != IGNORE_INDEX) or 1
+        ignore = self.ignore_index
+        total = sum(v for k, v in self.label_histogram.items() if k != ignore) or 1
         if self.label_histogram:
             lines.append("label histogram (pixels, share of labelled pixels):")
         for label, count in sorted(self.label_histogram.items()):
-            name = (
-                self.classes[label] if 0 <= label < len(self.classes) else "ignore" if label == 255 else "?"
-            )
-            share = "" if label == IGNORE_INDEX else f" {100 * count / total:6.2f}%"
+            known = 0 <= label < len(self.classes)
+            name = "ignore" if label == ignore else self.classes[label] if known else "?"
+            share = "" if label == ignore else f" {100 * count / total:6.2f}%"
             lines.append(f"  {label:>5} {name:<16} {count:>12}{share}")
         if self.image_sizes:
             s = self.image_sizes
@@ -120,7 +121,9 @@ class Report:
         return "\n".join(lines)
 
 
-def check_data(spec: str, split: str | None = None, *, num_classes: int | None = None) -> Report:
+def check_data(
+    spec: str, split: str | None = None, *, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX
+) -> Report:
     """Check the data `spec` (split `split`) before training; see the module docstring.
 
     Never raises for bad data: every problem is a finding (`report.raise_for_errors()` turns the first
@@ -129,7 +132,7 @@ def check_data(spec: str, split: str | None = None, *, num_classes: int | None =
     """
     from atrous.data import available_splits, build_dataset
 
-    report = Report(data=spec, split=split)
+    report = Report(data=spec, split=split, ignore_index=ignore_index)
     try:
         available = available_splits(spec)
         if split is not None and available and split not in available:
@@ -142,7 +145,7 @@ def check_data(spec: str, split: str | None = None, *, num_classes: int | None =
                     f"(e.g. --split {likely} or data.val_split={likely})",
                 )
                 return report
-        dataset = build_dataset(spec, split, num_classes=num_classes)
+        dataset = build_dataset(spec, split, num_classes=num_classes, ignore_index=ignore_index)
     except AtrousError as e:
         report.add("error", _code(str(e)), str(e))
         return report
@@ -152,7 +155,11 @@ def check_data(spec: str, split: str | None = None, *, num_classes: int | None =
 def check_dataset(dataset, report: Report | None = None) -> Report:
     """The checks of `check_data` on a data set already built (no second class scan); generated data
     (no `pairs`) gets an empty report."""
-    report = report or Report(data=getattr(dataset, "name", repr(dataset)), split=None)
+    report = report or Report(
+        data=getattr(dataset, "name", repr(dataset)),
+        split=None,
+        ignore_index=getattr(dataset, "ignore_index", IGNORE_INDEX),
+    )
     if not hasattr(dataset, "pairs"):
         report.classes, report.classes_from = list(dataset.classes), "generated"
         report.images = len(dataset)
@@ -214,17 +221,17 @@ def _sizes(sizes: Counter) -> dict:
 
 
 def _label_findings(dataset, report: Report, histogram: Counter, files_with: dict) -> None:
-    k = dataset.num_classes
-    labels = sorted(v for v in histogram if v != IGNORE_INDEX)
+    k, ignore = dataset.num_classes, dataset.ignore_index
+    labels = sorted(v for v in histogram if v != ignore)
     where = f"{dataset.name}"
-    if histogram.get(IGNORE_INDEX) and set(labels) <= {0}:
+    if histogram.get(ignore) and set(labels) <= {0}:
         report.add(
             "error",
             "ignore-only-foreground",
-            f"{where}: the masks hold only 0 and {IGNORE_INDEX}, and {IGNORE_INDEX} is the ignore value: the "
+            f"{where}: the masks hold only 0 and {ignore}, and {ignore} is the ignore value: the "
             f"foreground would never be learned (a model predicting 0 everywhere scores 100 %); if "
-            f"{IGNORE_INDEX} marks your objects (0/255 binary masks), add ?map=0:0,255:1 to the data spec",
-            files_with[IGNORE_INDEX],
+            f"{ignore} marks your objects (0/{ignore} binary masks), add ?map=0:0,{ignore}:1 to the data spec",
+            files_with[ignore],
         )
     if dataset.classes_from == "scan" and len(labels) >= 2:
         top, second = labels[-1], labels[-2]
@@ -243,8 +250,7 @@ def _label_findings(dataset, report: Report, histogram: Counter, files_with: dic
         report.add(
             "error",
             "label-out-of-range",
-            f"{where}: label {v} is outside 0..{k - 1} ({k} classes, {IGNORE_INDEX} = ignore): "
-            f"{dataset.label_fix}",
+            f"{where}: label {v} is outside 0..{k - 1} ({k} classes, {ignore} = ignore): {dataset.label_fix}",
             files_with[v],
         )
     absent = [c for c in range(k) if not histogram.get(c)]

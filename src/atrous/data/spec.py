@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from atrous.data.io import DataError, check_intensity
+from atrous.data.io import IGNORE_INDEX, DataError, check_intensity
 from atrous.data.labels import LabelConvention, parse_ignore, parse_value_map, read_palette_file
 
 # Options every file layout takes: the label options and the 16-bit image rule.
@@ -181,6 +181,7 @@ def build_from(
     transform: Callable | None = None,
     skip_bad: bool = False,
     num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ):
     """The data set named by `spec` from `layouts` (see `atrous.data.build_dataset`)."""
     kind, target, options = parse_spec(spec)
@@ -206,7 +207,11 @@ def build_from(
             **({"num_classes": num_classes} if getattr(module, "USER_CLASSES", False) else {}),
         )
         dataset = listing.dataset(
-            convention=labels.convention, transform=transform, skip_bad=skip_bad, intensity=intensity
+            convention=labels.convention,
+            transform=transform,
+            skip_bad=skip_bad,
+            intensity=intensity,
+            ignore_index=ignore_index,
         )
     if num_classes is not None and dataset.num_classes != num_classes:
         raise DataError(
