@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     meta = model.meta
     ignore = meta.ignore_index if args.ignore_index is None else args.ignore_index
-    split, dataset = _dataset(args, meta)
+    split, dataset = _dataset(args, meta, ignore)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.workers)
     metrics = evaluate(
         model,
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset(args: argparse.Namespace, meta):
+def _dataset(args: argparse.Namespace, meta, ignore_index: int):
     """(split, data set) to evaluate: `--split`, else val where the data has splits; checked against the
     checkpoint's classes."""
     import sys
@@ -145,6 +145,7 @@ def _dataset(args: argparse.Namespace, meta):
         split,
         transform=eval_transform(mean=meta.mean, std=meta.std),
         skip_bad=args.skip_bad,
+        ignore_index=ignore_index,  # the one value masks may hold besides the classes
     )
     if len(dataset) == 0:
         raise AtrousError(f"data {args.data!r} split {split!r} is empty: give a split with images")

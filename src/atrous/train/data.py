@@ -154,7 +154,8 @@ def _check_data(config: Config, log: Callable[[str], None]) -> None:
         if d.val_split in splits or (splits and likely_split(d.val_split, splits) is not None):
             checks.append((d.train, d.val_split))
     for spec, split in checks:
-        report = check_data(spec, split)  # as _datasets builds them: classes from the data
+        # as _datasets builds them: classes from the data
+        report = check_data(spec, split, ignore_index=config.loss.ignore_index)
         report.raise_for_errors()
         for warning in report.warnings():
             log(f"warning: {spec}{f' split {split!r}' if split else ''}: {warning}")
@@ -183,7 +184,11 @@ def _datasets(config: Config) -> tuple[Any, Any | None, str | None]:
             "no training data: give --data SPEC (e.g. folder:PATH, synthetic:shapes) or data.train"
         )
     train_ds = build_dataset(
-        d.train, _split_for(d.train, d.train_split, role="train"), skip_bad=d.skip_bad, num_classes=None
+        d.train,
+        _split_for(d.train, d.train_split, role="train"),
+        skip_bad=d.skip_bad,
+        num_classes=None,
+        ignore_index=config.loss.ignore_index,
     )
     val_transform = eval_transform(mean=d.mean, std=d.std)
     if d.val is not None:
@@ -195,7 +200,12 @@ def _datasets(config: Config) -> tuple[Any, Any | None, str | None]:
         return train_ds, None, None
     # The validation data must have the training data's classes (a folder's count comes from its masks).
     val_ds = build_dataset(
-        spec, split, transform=val_transform, skip_bad=d.skip_bad, num_classes=train_ds.num_classes
+        spec,
+        split,
+        transform=val_transform,
+        skip_bad=d.skip_bad,
+        num_classes=train_ds.num_classes,
+        ignore_index=config.loss.ignore_index,
     )
     return train_ds, val_ds, f"{spec}" + (f" split {split!r}" if split else "")
 
