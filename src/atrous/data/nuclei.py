@@ -5,7 +5,8 @@ data, Caicedo et al., Nature Methods 2019).
 
 The package is located through its metadata and never imported (importing it would pull in TensorFlow), so
 `pip install --no-deps stardist` is enough (`make install` does it). The image is 512x512, 16-bit, values
-0..235: it is returned as 8 bits without change of value. Nuclei are mostly 15-25 px across.
+0..235: it is read by atrous's one reader (`atrous.data.io`), whose default 16-bit rule keeps values that fit
+in 8 bits, so it is returned as 8 bits without change of value. Nuclei are mostly 15-25 px across.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import importlib.metadata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from atrous.data.io import read_image, read_mask
 from atrous.errors import AtrousError
 
 CLASSES = ("background", "nucleus")
@@ -49,14 +50,14 @@ def files() -> tuple[Path, Path, str]:
 def read() -> tuple[np.ndarray, np.ndarray, str]:
     """(uint8 (512, 512) grey image, int64 (512, 512) instance ids with 0 = background, provenance text)."""
     image_path, mask_path, version = files()
-    image = np.asarray(Image.open(image_path))
-    instances = np.asarray(Image.open(mask_path)).astype(np.int64)
-    if image.shape != instances.shape or image.ndim != 2 or image.max() > 255:
+    image = read_image(image_path)[:, :, 0]  # auto: values <= 255 kept as they are (grey: R = G = B)
+    instances = read_mask(mask_path)
+    if image.shape != instances.shape:
         raise AtrousError(
-            f"{image_path}: expected a 2-D image of values <= 255 with a mask of the same shape, got "
-            f"{image.shape} (max {image.max()}) and {instances.shape}: reinstall stardist==0.9.2"
+            f"{image_path}: expected an image with a mask of the same shape, got {image.shape} and "
+            f"{instances.shape}: reinstall stardist==0.9.2"
         )
-    return image.astype(np.uint8), instances, SOURCE.format(version=version)
+    return image, instances, SOURCE.format(version=version)
 
 
 def halves() -> dict[str, tuple[np.ndarray, np.ndarray]]:
