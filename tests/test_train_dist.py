@@ -65,3 +65,16 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     assert [r["val_miou"] for r in ra] == [r["val_miou"] for r in rb]
     for x, y in zip(ra, rb):
         assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), rel=1e-5)
+
+
+def test_a_data_parallel_run_without_out_gets_one_fresh_folder(tmp_path):
+    # Rank 0 names the folder (runs/<model>-<timestamp>) and broadcasts it: both processes write one run.
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = [a if a != "2" or i != ARGS.index("--epochs") + 1 else "1" for i, a in enumerate(ARGS)]
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "atrous", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("dilated_net-")
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["train_state"]["world_size"] == 2 and ck["train_state"]["step"] == 4
