@@ -77,6 +77,8 @@ def image_sizes(dataset, limit: int = _CROP_SAMPLE) -> list[tuple[int, int]]:
                 w, h = oriented_size(img)  # as shown: after the EXIF orientation the reader applies
             sizes.append((h, w))
         return sizes
+    if isinstance(getattr(dataset, "size", None), int):  # generated data (synthetic:): square items of `size`
+        return [(dataset.size, dataset.size)]
     return [tuple(dataset[i][1].shape[-2:]) for i in indices]
 
 
