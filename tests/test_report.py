@@ -347,7 +347,7 @@ def test_results_json_contract(quick_demo):
         == len({pools[0]["params"], results["models"]["hdc"]["mean"]["params"]})
     )
     names = {d["name"]: d for d in results["datasets"]}
-    assert set(names) == {"shapes", "silhouettes", "texture", "nuclei"}
+    assert set(names) == {"shapes", "borders", "texture", "nuclei"}
     assert names["nuclei"]["real"] is True and "stardist" in names["nuclei"]["source"]
     assert all(d["image_size"]["val"][0] >= 256 for d in results["datasets"])
     for name in results["figures"].values():

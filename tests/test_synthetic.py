@@ -14,7 +14,7 @@ from atrous.errors import AtrousError
 
 
 def test_available_and_metadata():
-    assert synthetic.available() == ["shapes", "silhouettes", "texture"]
+    assert synthetic.available() == ["borders", "shapes", "texture"]
     for name in synthetic.available():
         ds = synthetic.build(name, "val", n=3, size=40)
         assert len(ds) == 3
@@ -52,7 +52,7 @@ def test_transform_is_applied():
 
 
 def test_bad_names_and_options():
-    with pytest.raises(AtrousError, match="shapes, silhouettes, texture"):
+    with pytest.raises(AtrousError, match="borders, shapes, texture"):
         synthetic.build("nope", "train")
     with pytest.raises(AtrousError, match="valid options"):
         synthetic.build("shapes", "train", regions=3)
@@ -157,10 +157,10 @@ def test_texture_power_check_detects_a_sublattice_leak():
     assert ks_2samp(flat, checker).pvalue < 0.01
 
 
-def test_silhouettes_colour_says_nothing_about_the_class():
-    """shapes: an object's mean colour names its class (red disc, green box, blue diamond); silhouettes: the
+def test_borders_colour_says_nothing_about_the_class():
+    """shapes: an object's mean colour names its class (red disc, green box, blue diamond); borders: the
     same generator with random colours, so the dominant channel is no better than chance (1/3)."""
-    for name, low, high in (("shapes", 0.95, 1.0), ("silhouettes", 0.2, 0.5)):
+    for name, low, high in (("shapes", 0.95, 1.0), ("borders", 0.2, 0.5)):
         ds = synthetic.build(name, "val", n=60, size=96, seed=3)
         hits, total = 0, 0
         for i in range(len(ds)):
@@ -172,4 +172,38 @@ def test_silhouettes_colour_says_nothing_about_the_class():
                     hits += int(np.argmax(colour) == c - 1)  # red=disc, green=box, blue=diamond
                     total += 1
         assert total > 200 and low <= hits / total <= high, (name, hits / total)
-    assert synthetic.build("silhouettes", "val", n=1).classes == synthetic.build("shapes", "val", n=1).classes
+    assert synthetic.build("borders", "val", n=1).classes == synthetic.build("shapes", "val", n=1).classes
+
+
+def test_borders_class_is_written_in_the_border_band():
+    """Each `borders` object of at least 8 px: inside its 2 px border band, pixel brightness follows its
+    class's parity pattern (rows for discs, columns for boxes, checkerboard for diamonds) far better than
+    the other two patterns; pixels deeper inside carry none of them (checked with scipy's erosion)."""
+    ds = synthetic.build("borders", "val", n=20, size=96, seed=5)
+    checked = 0
+    for i in range(len(ds)):
+        image, mask = ds.generate(i)
+        grey = image.astype(float).mean(axis=2)
+        rows, cols = np.indices(mask.shape)
+        patterns = {1: rows % 2, 2: cols % 2, 3: (rows + cols) % 2}
+        for c in (1, 2, 3):
+            labels, k = ndi.label(mask == c, structure=np.ones((3, 3), dtype=int))
+            for j in range(1, k + 1):
+                obj = labels == j
+                if obj.sum() < 64:
+                    continue
+                inner = ndi.binary_erosion(obj, structure=np.ones((5, 5)), border_value=0)
+                band = obj & ~inner
+                # mean brightness difference between the pattern's 1 and 0 pixels, per pattern
+                gap = {
+                    p: grey[band & (v == 1)].mean() - grey[band & (v == 0)].mean()
+                    for p, v in patterns.items()
+                }
+                assert gap[c] > 60 and all(abs(gap[p]) < 30 for p in gap if p != c), (c, gap)
+                deep = {
+                    p: grey[inner & (v == 1)].mean() - grey[inner & (v == 0)].mean()
+                    for p, v in patterns.items()
+                }
+                assert all(abs(g) < 10 for g in deep.values()), deep
+                checked += 1
+    assert checked >= 20

@@ -15,12 +15,14 @@ Three tasks, each built to expose one claim about dilated convolution (the demo 
     other object (so two objects never merge into one 8-connected component), and an object that finds no
     free place in 30 tries is dropped (this thins the largest bucket on small images).
 
-`synthetic:silhouettes`: small objects that need their own neighbourhood, large ones that need context.
-    `shapes` with one change: every object's colour is a uniform random RGB value, so its class (disc, box,
-    diamond) is its outline alone. A pixel of a 3 px object is classified only by a network that sees the
-    object's few pixels together (rate-1 taps); a pixel at the centre of a 60 px object only by one whose
+`synthetic:borders`: small objects that need their own neighbourhood, large ones that need context.
+    `shapes` with two changes: every object's colour is a uniform random RGB value, and its class is written
+    only in a 2 px band along its border, as a stripe pattern of +-45 around that colour: disc = stripes
+    alternating by row, box = by column, diamond = a checkerboard. Inside the band the object is flat. A
+    pixel's own colour says nothing about the class; a small object (all band) is classified from its few
+    pixels seen together (rate-1 taps); a pixel at the centre of a 60 px object only by a network whose
     field reaches the object's border (about 30 px away). A stack of large rates has the second and not the
-    first; a small-rate (HDC) stack the first and not the second.
+    first (its taps land outside a small object); a small-rate (HDC) stack the first and not the second.
 
 `synthetic:texture`: gridding (Wang et al., "Understanding Convolution for Semantic Segmentation", WACV
     2018; Yu, Koltun & Funkhouser, DRN, CVPR 2017). Classes `flat, checker`. The image is cut into Voronoi
@@ -112,10 +114,30 @@ def _shape_mask(kind: int, s: float, cy: float, cx: float, y0: int, x0: int, h: 
     return np.abs(yy) + np.abs(xx) <= r
 
 
+_BAND = 2  # width (px) of the border band that carries a `borders` object's class
+_BAND_CONTRAST = 45.0
+
+
+def _band(shape: np.ndarray, kind: int, y0: int, x0: int) -> np.ndarray:
+    """(band (h, w) bool, pattern sign (h, w) float32 in {-1, 1}) of a `borders` object: the shape's pixels
+    within _BAND px (chessboard) of its outside, and the class's stripes in image coordinates."""
+    h, w = shape.shape
+    pad = np.pad(shape, _BAND, constant_values=False)
+    inner = np.ones_like(shape)
+    for dy in range(2 * _BAND + 1):
+        for dx in range(2 * _BAND + 1):
+            inner &= pad[dy : dy + h, dx : dx + w]
+    rows = np.arange(y0, y0 + h)[:, None]
+    cols = np.arange(x0, x0 + w)[None, :]
+    parity = {1: rows + 0 * cols, 2: cols + 0 * rows, 3: rows + cols}[kind] % 2
+    return shape & ~inner, (2 * parity - 1).astype(np.float32)
+
+
 def _shapes_item(
     rng: np.random.Generator, size: int, max_objects: int, *, class_colour: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`class_colour`: each object's hue is its class's (shapes); else a random RGB colour (silhouettes)."""
+    """`class_colour`: each object's hue is its class's (shapes); else a random RGB colour with the class
+    written in a striped border band (borders)."""
     image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.int64)
     taken = np.zeros((size, size), dtype=bool)  # object pixels grown by 1 px: the required gap
@@ -139,10 +161,13 @@ def _shapes_item(
                 continue
             if class_colour:
                 colour = _SHAPE_COLOURS[kind] * rng.uniform(0.75, 1.05)
-            else:  # the class is the outline alone: readable only from the object's own neighbourhood
+            else:  # a random colour: the class is only in the border band's stripes
                 colour = rng.uniform(0.0, 255.0, size=3).astype(np.float32)
             window = image[y0 : y0 + h, x0 : x0 + w]
             window[shape] = colour + rng.normal(0.0, 8.0, size=(int(shape.sum()), 3))
+            if not class_colour:
+                band, sign = _band(shape, int(kind), y0, x0)
+                window[band] += _BAND_CONTRAST * sign[band][:, None]
             mask[y0 : y0 + h, x0 : x0 + w][shape] = kind
             # grow by one pixel (8-neighbourhood) so the next object keeps a gap
             grown = np.zeros((h + 2, w + 2), dtype=bool)
@@ -157,7 +182,7 @@ def _shapes_item(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-def _silhouettes_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
+def _borders_item(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
     return _shapes_item(rng, size, max_objects, class_colour=False)
 
 
@@ -190,7 +215,7 @@ def _texture_item(rng: np.random.Generator, size: int, regions: int) -> tuple[np
 _TASKS: dict[str, tuple[list[str], list[tuple[int, int, int]], Callable, dict[str, int]]] = {
     "shapes": (SHAPES_CLASSES, SHAPES_PALETTE, _shapes_item, {"size": 96, "max_objects": 8}),
     "texture": (TEXTURE_CLASSES, TEXTURE_PALETTE, _texture_item, {"size": 64, "regions": 10}),
-    "silhouettes": (SHAPES_CLASSES, SHAPES_PALETTE, _silhouettes_item, {"size": 96, "max_objects": 8}),
+    "borders": (SHAPES_CLASSES, SHAPES_PALETTE, _borders_item, {"size": 96, "max_objects": 8}),
 }
 _TASK_ID = {name: i for i, name in enumerate(_TASKS)}
 _MINIMUM = {"n": 1, "size": 8, "seed": 0, "max_objects": 3, "regions": 1}

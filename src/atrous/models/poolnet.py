@@ -31,7 +31,7 @@ from atrous.models.backbones.dilated_stack import DilatedStack
 from atrous.models.denseaspp import DenseASPPHead
 from atrous.models.heads import ClassifierHead, DeepLabV3Head, DUCHead
 from atrous.models.segmenter import Crop, DeconvUpsample, Segmenter
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, check_rates
 
 UPSAMPLING = ("bilinear", "deconv", "duc")
 CONTEXTS = ("none", "aspp", "denseaspp", "stack")
@@ -47,9 +47,7 @@ class PoolStack(nn.Module):
 
     def __init__(self, *, rates: Sequence[int], channels: int, poolings: int, in_channels: int = 3) -> None:
         super().__init__()
-        rates = tuple(rates)
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"rates must be a non-empty list of integers >= 1, got {rates!r}")
+        rates = check_rates(rates)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
         if isinstance(poolings, bool) or not isinstance(poolings, int) or not 0 <= poolings <= len(rates):

@@ -100,7 +100,7 @@ def run_demo(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     datasets = tasks.write_all(
-        out / "data", ["shapes", "silhouettes", "texture", "nuclei"], budget=budget, seed=seed
+        out / "data", ["shapes", "borders", "texture", "nuclei"], budget=budget, seed=seed
     )
     timings["data"] = time.perf_counter() - t0
     keys = list(plan.MODELS) if only is None else evidence.models_of_claim(only)

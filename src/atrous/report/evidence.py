@@ -88,10 +88,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "hdc_artifact": _m("tex_hdc", "artifact"),
     },
     "large_rates_lose_small_objects": {
-        "hdc_small_recall": _m("sil_hdc", "small_recall"),
-        "large_small_recall": _m("sil_large", "small_recall"),
+        "hdc_small_recall": _m("brd_hdc", "small_recall"),
+        "large_small_recall": _m("brd_large", "small_recall"),
     },
-    "hdc_beats_large_rates": {"hdc_miou": _m("sil_hdc", "miou"), "large_miou": _m("sil_large", "miou")},
+    "hdc_beats_large_rates": {"hdc_miou": _m("brd_hdc", "miou"), "large_miou": _m("brd_large", "miou")},
     "aspp_beats_large_rates": {"aspp_miou": _m("ctx_aspp", "miou"), "large_miou": _m("ctx_large", "miou")},
     "erf_smaller_than_rf": {
         f"d{d}_{when}_share": _m(key, f"erf_{when}_share")
@@ -99,10 +99,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
         for when in ("init", "trained")
     },
     "reparam_vs_hdc": {
-        "reparam_miou": _m("sil_reparam", "miou"),
-        "hdc_miou": _m("sil_hdc", "miou"),
-        "reparam_small_recall": _m("sil_reparam", "small_recall"),
-        "hdc_small_recall": _m("sil_hdc", "small_recall"),
+        "reparam_miou": _m("brd_reparam", "miou"),
+        "hdc_miou": _m("brd_hdc", "miou"),
+        "reparam_small_recall": _m("brd_reparam", "small_recall"),
+        "hdc_small_recall": _m("brd_hdc", "small_recall"),
     },
     "dense_aspp_vs_aspp": {
         "denseaspp_miou": _m("ctx_denseaspp", "miou"),

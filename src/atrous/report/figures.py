@@ -20,7 +20,7 @@ from atrous.report.runs import PREDICTIONS
 
 PALETTES = {
     "shapes": [(0, 0, 0), (220, 50, 50), (50, 180, 60), (60, 90, 220)],
-    "silhouettes": [(0, 0, 0), (220, 50, 50), (50, 180, 60), (60, 90, 220)],
+    "borders": [(0, 0, 0), (220, 50, 50), (50, 180, 60), (60, 90, 220)],
     "texture": [(70, 130, 180), (230, 140, 40)],
     "nuclei": [(0, 0, 0), (255, 200, 0)],
 }
@@ -182,8 +182,8 @@ def write_all(results: dict, out: Path) -> dict[str, str]:
         ("pooling", "shapes", "shapes: pooling networks"),
         ("upsampling", "shapes", "shapes: output stride 8, three upsamplings"),
         ("gridding", "texture", "texture: gridded vs HDC"),
-        ("neighbourhood", "silhouettes", "silhouettes: HDC vs large rates"),
-        ("context", "silhouettes", "silhouettes: context heads at output stride 8"),
+        ("neighbourhood", "borders", "borders: HDC vs large rates"),
+        ("context", "borders", "borders: context heads at output stride 8"),
         ("nuclei", "nuclei", "real nuclei (validation: bottom half)"),
     ):
         keys = [k for k in results["experiments"][name]["models"] if k in have]
@@ -205,8 +205,8 @@ def write_all(results: dict, out: Path) -> dict[str, str]:
     for name, keys, title in (
         (
             "neighbourhood_recall",
-            ["sil_hdc", "sil_large", "sil_reparam"],
-            "Object recall by size (silhouettes)",
+            ["brd_hdc", "brd_large", "brd_reparam"],
+            "Object recall by size (borders)",
         ),
         ("nuclei_recall", ["nuc_pool4", "nuc_dilated"], "Nucleus recall by size (real nuclei)"),
     ):

@@ -166,7 +166,7 @@ def _octave_table(results: dict, keys: list[str]) -> str:
 
 
 _TEXT = {
-    "pooling": "Networks with the same six 3x3 convolutions (16 channels), 2x2 max pooling after the first k "
+    "pooling": "Networks with the same six 3x3 convolutions (12 channels), 2x2 max pooling after the first k "
     "(k = 0..5, output stride 2^k) and fixed bilinear upsampling; a pooling-free dilated network of exactly the "
     "same parameters (HDC rates); FCN-32s and FCN-8s heads on a ResNet-18 (1/16 width). Task "
     "<code>synthetic:shapes</code>: the class is the object's colour, so what loses an object is resolution, "
@@ -178,12 +178,13 @@ _TEXT = {
     "neighbouring pixels, a flat region does not, and every parity sublattice looks the same for both classes, "
     "so a stack whose rates are all even cannot tell them apart. The artifact column is the fraction of "
     "neighbouring pixel pairs inside one ground-truth region whose predictions differ.",
-    "neighbourhood": "Task <code>synthetic:silhouettes</code>: the class of an object is its outline "
-    "(disc, box, diamond), its colour random; a small object is classified only from its own few pixels, the "
-    "centre of a large one only with context reaching its border. Same depth (6), width (16) and parameters.",
+    "neighbourhood": "Task <code>synthetic:borders</code>: an object's colour is random and its class is "
+    "written only in a 2 px striped band along its border (rows, columns or checkerboard); a small object is "
+    "classified only from its own few pixels seen together, the centre of a large one only with context "
+    "reaching its border. Same depth (6), width (12) and parameters (the re-parameterised stack within 1 %).",
     "context": "The output-stride-8 pooling network (k = 3) with four context heads on its last map, about the "
-    "same parameters (stated), on <code>synthetic:silhouettes</code>.",
-    "erf": "Rate-1 stacks of 3, 6 and 12 layers (16 channels). Share: the radius holding 95 % of the ERF's "
+    "same parameters (stated), on <code>synthetic:borders</code>.",
+    "erf": "Rate-1 stacks of 3, 6 and 12 layers (12 channels). Share: the radius holding 95 % of the ERF's "
     "gradient mass over that of a flat weighting of the theoretical field (1 when the ERF fills the field); "
     "measured on Gaussian inputs at initialisation and after training.",
     "nuclei": "Real data: the stardist nuclei image, trained on its top half and scored on its bottom half "
@@ -212,8 +213,6 @@ def _experiment(results: dict, name: str, exp: dict) -> list[str]:
         parts.append(_img(results, fig, fig))
     if name == "gridding":
         parts += _gridding_extra(results)
-    if name == "erf":
-        parts.append(_img(results, "erf", "effective receptive fields"))
     return parts
 
 

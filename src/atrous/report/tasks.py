@@ -27,11 +27,11 @@ class Budget:
     train_size: int  # their side (px); training crops are `crop` px from them
     val_images: int  # generated validation images per synthetic task
     val_size: int  # their side (px)
-    objects_per_train_image: int  # max objects of a shapes/silhouettes training image
+    objects_per_train_image: int  # max objects of a shapes/borders training image
     objects_per_val_image: int
     crop: int  # training crop side (px)
     batch: int
-    steps: int  # optimiser steps of every model on shapes, silhouettes and nuclei
+    steps: int  # optimiser steps of every model on shapes, borders and nuclei
     texture_steps: int  # on texture (a network that can solve it does so in fewer)
     seeds: int  # training seeds of every model
     erf_samples: int  # random inputs averaged for an ERF
@@ -45,9 +45,9 @@ DEFAULT = Budget(
     val_size=256,
     objects_per_train_image=14,
     objects_per_val_image=48,
-    crop=96,
+    crop=64,
     batch=8,
-    steps=300,
+    steps=200,
     texture_steps=120,
     seeds=3,
     erf_samples=8,
