@@ -16,6 +16,7 @@ from atrous.ops import (
     BilinearUpsample,
     SmoothedAtrousConv2d,
     atrous_conv2d,
+    check_rates,
     choose_impl,
     choose_layout,
 )
@@ -156,6 +157,46 @@ def test_bad_sizes_and_even_kernels_say_what_is_allowed():
         AtrousConv1d(4, 4, 2, dilation=2)
     with pytest.raises(ValueError, match="impl must be one of"):
         atrous_conv2d(torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3), dilation=2, impl="x")
+
+
+@pytest.mark.parametrize("rates", [(), [0], [1, -2], [2, 1.5], [True, 2], ["2"]])
+def test_check_rates_refuses_what_is_not_a_list_of_positive_integers(rates):
+    with pytest.raises(ValueError, match=r"^my rates must be a non-empty list of integers >= 1, got "):
+        check_rates(rates, "my rates")
+
+
+def test_check_rates_returns_a_tuple():
+    assert check_rates([1, 2, 5]) == (1, 2, 5)
+    assert check_rates(r for r in (3,)) == (3,)
+
+
+def test_every_rate_list_is_checked_by_check_rates_with_its_own_name():
+    # The models and the coverage analysis share one check (they each had a copy); each error names the
+    # argument the caller gave.
+    from atrous.analysis.coverage import hdc_check
+    from atrous.models.backbones.dilated_stack import DilatedStack
+    from atrous.models.backbones.resnet import stage_schedule
+    from atrous.models.denseaspp import DenseASPP
+    from atrous.models.heads import ASPP
+    from atrous.models.poolnet import PoolStack
+    from atrous.models.wasp import WASP
+
+    calls = [
+        (r"^ASPP rates", lambda: ASPP(in_channels=4, rates=[6, 0], dropout=0.1)),
+        (r"^DenseASPP rates", lambda: DenseASPP(in_channels=4, rates=())),
+        (r"^WASP rates", lambda: WASP(in_channels=4, rates=[True])),
+        (r"^rates", lambda: DilatedStack(rates=[1, 2.0])),
+        (r"^rates", lambda: PoolStack(rates=[0], channels=4, poolings=0)),
+        (
+            r"^block_rates\['layer3'\]",
+            lambda: stage_schedule(blocks=(3, 4, 6, 3), output_stride=8, block_rates={"layer3": (1, 0)}),
+        ),
+        (r"^multi_grid", lambda: stage_schedule(blocks=(3, 4, 6, 3), output_stride=8, multi_grid=())),
+        (r"^rates", lambda: hdc_check([2, -1])),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=name + r" must be a non-empty list of integers >= 1, got \("):
+            call()
 
 
 def test_choose_impl_is_deterministic_and_valid():

@@ -28,12 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-
-def _check_rates(rates) -> tuple[int, ...]:
-    rates = tuple(rates)
-    if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-        raise ValueError(f"rates must be a non-empty list of integers >= 1, got {rates!r}")
-    return rates
+from atrous.ops import check_rates
 
 
 def _check_kernel(kernel_size) -> int:
@@ -49,7 +44,7 @@ def path_profile(rates, kernel_size: int = 3) -> list[int]:
 
     A stack of k x k convolutions is separable: the 2-D count at (y, x) is `profile[y] * profile[x]`.
     """
-    rates, k = _check_rates(rates), _check_kernel(kernel_size)
+    rates, k = check_rates(rates), _check_kernel(kernel_size)
     counts = [1]
     for r in rates:
         new = [0] * (len(counts) + (k - 1) * r)
@@ -219,7 +214,7 @@ def coverage_reparam(kernel_size: int = 13, branches=None, *, large: bool = True
                 f"{k_large}: pass branches=((kernel, rate), ...)"
             )
         branches = UNIREPLKNET_BRANCHES[k_large]
-    branches = tuple((_check_kernel(k), _check_rates([r])[0]) for k, r in branches)
+    branches = tuple((_check_kernel(k), check_rates([r])[0]) for k, r in branches)
     c = k_large // 2
     grid = [[int(large)] * k_large for _ in range(k_large)]
     for k, r in branches:
@@ -262,7 +257,7 @@ def merge_reparam(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------
 def hdc_recurrence(rates) -> list[int]:
     """[M_1 .. M_n] of Wang et al. (M_n = r_n, backwards); M_1 is included for completeness."""
-    rates = _check_rates(rates)
+    rates = check_rates(rates)
     m = [0] * len(rates)
     m[-1] = rates[-1]
     for i in range(len(rates) - 2, -1, -1):
@@ -277,7 +272,7 @@ def hdc_check(rates, kernel_size: int = 3) -> dict:
     Rules: the recurrence (`M_2 <= K`, for lists of 2 or more), no common factor greater than 1, and no
     hole in the exact coverage of a stack of K x K convolutions at these rates.
     """
-    rates, k = _check_rates(rates), _check_kernel(kernel_size)
+    rates, k = check_rates(rates), _check_kernel(kernel_size)
     reasons = []
     m = hdc_recurrence(rates)
     m2 = m[1] if len(rates) >= 2 else None

@@ -27,7 +27,7 @@ from torch import nn
 from atrous.models._build import resnet_backbone
 from atrous.models.backbones import scaled
 from atrous.models.segmenter import Segmenter
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, check_rates
 
 PAPER_RATES = (3, 6, 12, 18, 24)  # at output stride 8
 
@@ -80,9 +80,7 @@ class DenseASPP(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        rates = tuple(rates)
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"DenseASPP rates must be a non-empty list of integers >= 1, got {rates!r}")
+        rates = check_rates(rates, "DenseASPP rates")
         self.rates = rates
         self.layers = nn.ModuleList(
             DenseASPPLayer(

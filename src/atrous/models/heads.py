@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.ops import DUC, AtrousConv2d, BilinearUpsample
+from atrous.ops import DUC, AtrousConv2d, BilinearUpsample, check_rates
 
 
 def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -119,9 +119,7 @@ class ASPP(nn.Module):
         self, *, in_channels: int, out_channels: int = 256, rates: Sequence[int], dropout: float
     ) -> None:
         super().__init__()
-        rates = tuple(rates)
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"ASPP rates must be a non-empty list of integers >= 1, got {rates!r}")
+        rates = check_rates(rates, "ASPP rates")
         self.rates = rates
         branches = [nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 1))]
         branches += [nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 3, r)) for r in rates]

@@ -26,7 +26,7 @@ from atrous.models._build import check_choice, resnet_backbone
 from atrous.models.backbones import scaled
 from atrous.models.heads import ASPPPooling
 from atrous.models.segmenter import Segmenter
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, check_rates
 
 PAPER_RATES = (6, 12, 18, 24)  # at output stride 16
 
@@ -50,9 +50,7 @@ class WASP(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        rates = tuple(rates)
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"WASP rates must be a non-empty list of integers >= 1, got {rates!r}")
+        rates = check_rates(rates, "WASP rates")
         self.rates = rates
         c = out_channels
         # the waterfall: layer i reads layer i-1's output (layer 0 the input)

@@ -30,6 +30,16 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def check_rates(rates, name: str = "rates") -> tuple[int, ...]:
+    """`rates` as a tuple after checking it is a non-empty sequence of integers >= 1 (bools refused): the one
+    check of a dilation-rate list, shared by the models' constructors and the coverage analysis; `name` is
+    what the error calls it ("ASPP rates", "multi_grid", ...)."""
+    rates = tuple(rates)
+    if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
+        raise ValueError(f"{name} must be a non-empty list of integers >= 1, got {rates!r}")
+    return rates
+
+
 def _check_odd_kernel(kernel_size) -> int:
     _check_int("kernel_size", kernel_size, 1)
     if kernel_size % 2 == 0:

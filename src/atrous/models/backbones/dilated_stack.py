@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from atrous.models.backbones import FeatureInfo, wanted_features
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, check_rates
 
 NORMS = ("batch", "none")
 
@@ -28,9 +28,7 @@ class DilatedStack(nn.Sequential):
     def __init__(
         self, *, rates: Sequence[int], channels: int = 64, norm: str = "batch", in_channels: int = 3
     ):
-        rates = tuple(rates)
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"rates must be a non-empty list of integers >= 1, got {rates!r}")
+        rates = check_rates(rates)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
         if norm not in NORMS:

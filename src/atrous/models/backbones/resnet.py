@@ -29,7 +29,7 @@ from atrous.models.backbones import (
     scaled,
     wanted_features,
 )
-from atrous.ops import AtrousConv2d
+from atrous.ops import AtrousConv2d, check_rates
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 OUTPUT_STRIDES = (8, 16, 32)
@@ -123,15 +123,9 @@ def stage_schedule(
     for name, rates in block_rates.items():
         if name not in STAGES:
             raise ValueError(f"block_rates: unknown stage {name!r}, valid stages are {STAGES}")
-        if not rates or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(
-                f"block_rates[{name!r}] must be a non-empty list of integers >= 1, got {rates!r}"
-            )
-    if multi_grid is not None and (
-        not multi_grid
-        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in multi_grid)
-    ):
-        raise ValueError(f"multi_grid must be a non-empty list of integers >= 1, got {multi_grid!r}")
+        check_rates(rates, f"block_rates[{name!r}]")
+    if multi_grid is not None:
+        check_rates(multi_grid, "multi_grid")
     schedule = {}
     current_stride, rate = 4, 1
     for i, (name, n) in enumerate(zip(STAGES, blocks)):
