@@ -59,6 +59,13 @@ def _aux_head(backbone: nn.Module, num_classes: int, aux: bool) -> FCNHead | Non
     )
 
 
+def _classifier(backbone: nn.Module, feature: str, num_classes: int) -> ClassifierHead:
+    """A 1x1 classifier on the backbone's feature `feature`, its channels read from the declaration."""
+    return ClassifierHead(
+        in_channels=backbone.feature_info[feature].channels, num_classes=num_classes, feature=feature
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # builders
 # ----------------------------------------------------------------------------------------------------------
@@ -89,9 +96,7 @@ def dilated_net(
             )
         wide = matched_channels(tuple(rates), channels, num_classes=num_classes)
         backbone = ReparamStack(rates=rates, channels=wide)
-    head = ClassifierHead(
-        in_channels=backbone.feature_info["out"].channels, num_classes=num_classes, feature="out"
-    )
+    head = _classifier(backbone, "out", num_classes)
     return Segmenter(backbone=backbone, head=head, output_stride=1)
 
 
@@ -270,9 +275,7 @@ def frontend(*, num_classes: int, width: float = 1.0, pretrained_backbone: str |
     """Yu & Koltun's front-end: VGG-16 without pool4/pool5, conv5 at rate 2, fc6 at rate 4 (output stride 8),
     a 1x1 classifier, bilinear upsampling."""
     net = VGG16(dilated=True, width=width, pretrained=pretrained_backbone)
-    head = ClassifierHead(
-        in_channels=net.feature_info["fc7"].channels, num_classes=num_classes, feature="fc7"
-    )
+    head = _classifier(net, "fc7", num_classes)
     return Segmenter(backbone=net, head=head, output_stride=8)
 
 
@@ -285,9 +288,7 @@ def context(
 ) -> Segmenter:
     """Front-end + the context module ("basic": C channels, "large": up to 32C) on its class scores."""
     net = VGG16(dilated=True, width=width, pretrained=pretrained_backbone)
-    scores = ClassifierHead(
-        in_channels=net.feature_info["fc7"].channels, num_classes=num_classes, feature="fc7"
-    )
+    scores = _classifier(net, "fc7", num_classes)
     head = RefinedHead(scores, ContextModule(classes=num_classes, kind=context))
     return Segmenter(backbone=net, head=head, output_stride=8)
 
@@ -296,9 +297,7 @@ def _drn(arch_name: str, num_classes: int, width: float, pretrained_backbone) ->
     """DRN segmenter as fyu/drn's DRNSeg: trunk, 1x1 classifier on level 8, fixed 8x bilinear deconvolution."""
     arch, layers = DRN_ARCHS[arch_name]
     net = DRN(arch=arch, layers=layers, width=width, pretrained=pretrained_backbone)
-    head = ClassifierHead(
-        in_channels=net.feature_info["layer8"].channels, num_classes=num_classes, feature="layer8"
-    )
+    head = _classifier(net, "layer8", num_classes)
     return Segmenter(
         backbone=net, head=head, upsample=DeconvUpsample(num_classes, 8, learnable=False), output_stride=8
     )
