@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous._io import atomic_write_text, check_writable
-    from atrous.data import available_splits
-    from atrous.data.check import check_data, reports_json
+    from atrous.data import available_splits, check_data
+    from atrous.data.check import reports_json
     from atrous.errors import AtrousError
 
     if args.json:

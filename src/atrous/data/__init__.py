@@ -6,25 +6,26 @@ modules, which import only `base`/`io`/`labels`: no registry and no import circl
 and mask reader of atrous; `check` finds what users get wrong in their masks before training.
 """
 
-from atrous.data import ade20k, camvid, cityscapes, folder, mmseg, voc
+from atrous.data import ade20k, camvid, cityscapes, folder, mmseg, synthetic, voc
 from atrous.data.base import SegmentationDataset, likely_split, standard_palette
-from atrous.data.check import Report, check_data
+from atrous.data.check import Report, check_data_in
 from atrous.data.io import IGNORE_INDEX, IMAGE_SUFFIXES, DataError, read_image, read_mask
 from atrous.data.labels import LabelConvention, encode_prediction
 from atrous.data.spec import available_splits_in, build_from, parse_spec
 from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
-# kind -> layout module (`synthetic` is generated, not read: `atrous.data.synthetic`).
-LAYOUTS = {
+# kind -> module, in the order messages list them: `synthetic` is generated, the others read files.
+_BY_KIND = {
     "folder": folder,
     "voc": voc,
     "cityscapes": cityscapes,
+    "synthetic": synthetic,
     "mmseg": mmseg,
     "ade20k": ade20k,
     "camvid": camvid,
 }
-KINDS = ("folder", "voc", "cityscapes", "synthetic", "mmseg", "ade20k", "camvid")
-_BY_KIND = {kind: LAYOUTS.get(kind) for kind in KINDS}  # the order error messages list them in
+KINDS = tuple(_BY_KIND)
+LAYOUTS = {kind: module for kind, module in _BY_KIND.items() if kind != "synthetic"}  # the file layouts
 
 
 def build_dataset(
@@ -60,6 +61,15 @@ def build_dataset(
 def available_splits(spec: str) -> list[str]:
     """The splits a data set offers (e.g. ["train", "val"]); [] for a folder without split folders."""
     return available_splits_in(_BY_KIND, spec)
+
+
+def check_data(
+    spec: str, split: str | None = None, *, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX
+) -> Report:
+    """What `atrous data check` prints and training checks first: the label histogram, image sizes, classes
+    and findings of `spec`'s split (`atrous.data.check`); every problem is a finding, never an exception
+    (`report.raise_for_errors()` makes the first error a one-line `DataError`)."""
+    return check_data_in(_BY_KIND, spec, split, num_classes=num_classes, ignore_index=ignore_index)
 
 
 __all__ = [

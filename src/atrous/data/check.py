@@ -1,6 +1,6 @@
 """Data checks before training: what users get wrong in their masks, found before a run is wasted on it.
 
-`check_data(spec, split=...)` reads every mask of the split once (through the data set's label
+`atrous.data.check_data(spec, split=...)` reads every mask of the split once (through the data set's label
 convention) and every image header, and returns a `Report`: the label histogram, image sizes, classes
 and findings; `check_dataset(dataset)` does the same for a data set already built. Training calls
 `check_data` on its training and validation splits and stops on an error; `atrous data check SPEC`
@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
 
 import numpy as np
 
 from atrous.data.base import likely_split
 from atrous.data.io import IGNORE_INDEX, DataError, open_image, oriented_size
+from atrous.data.spec import available_splits_in, build_from
 from atrous.errors import AtrousError
 
 RARE_FRACTION = 1e-4  # a label on fewer than 0.01 % of the labelled pixels is "rare"
@@ -121,20 +124,24 @@ class Report:
         return "\n".join(lines)
 
 
-def check_data(
-    spec: str, split: str | None = None, *, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX
+def check_data_in(
+    layouts: Mapping[str, ModuleType],
+    spec: str,
+    split: str | None = None,
+    *,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Report:
-    """Check the data `spec` (split `split`) before training; see the module docstring.
+    """Check the data `spec` (split `split`) of `layouts` (what `atrous.data.check_data` does with the
+    package's layouts); see the module docstring.
 
     Never raises for bad data: every problem is a finding (`report.raise_for_errors()` turns the first
     error into a one-line `DataError`); training calls it on its training and validation splits, raises
     the errors and logs `report.warnings()`.
     """
-    from atrous.data import available_splits, build_dataset
-
     report = Report(data=spec, split=split, ignore_index=ignore_index)
     try:
-        available = available_splits(spec)
+        available = available_splits_in(layouts, spec)
         if split is not None and available and split not in available:
             likely = likely_split(split, available)
             if likely is not None:
@@ -145,7 +152,7 @@ def check_data(
                     f"(e.g. --split {likely} or data.val_split={likely})",
                 )
                 return report
-        dataset = build_dataset(spec, split, num_classes=num_classes, ignore_index=ignore_index)
+        dataset = build_from(layouts, spec, split, num_classes=num_classes, ignore_index=ignore_index)
     except AtrousError as e:
         report.add("error", _code(str(e)), str(e))
         return report

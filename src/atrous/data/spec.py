@@ -166,9 +166,7 @@ def available_splits_in(layouts: Mapping[str, ModuleType], spec: str) -> list[st
     """The splits a data set offers (e.g. ["train", "val"]); [] for a folder without split folders."""
     kind = parse_spec(spec)[0]
     if kind == "synthetic":
-        from atrous.data import synthetic
-
-        return list(synthetic.SPLITS)
+        return list(layouts["synthetic"].SPLITS)
     module, root, own, _ = _layout(layouts, spec)
     return module.splits(root, own)
 
@@ -189,10 +187,8 @@ def build_from(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if kind == "synthetic":
-        from atrous.data import synthetic
-
-        dataset = synthetic.build(target, split, transform=transform, **options)
+    if kind == "synthetic":  # generated, not read: its own options, no label options
+        dataset = layouts["synthetic"].build(target, split, transform=transform, **options)
     else:
         module, root, own, common = _layout(layouts, spec)
         intensity = intensity_of(spec)
