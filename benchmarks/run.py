@@ -80,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(Path(args.out).read_text())
         this_run = {"sections": args.only, **results["meta"]}
         results["meta"] = {**old["meta"], "merged_runs": [*old["meta"].get("merged_runs", []), this_run]}
-        for section in (s for s in SECTIONS if s in old and s not in args.only):
-            results[section] = old[section]
-            for key in ("seconds", "cpu_seconds"):
-                if section in old.get(key, {}):
-                    results[key][section] = old[key][section]
+        for key in old.keys() - {"meta", "seconds", "cpu_seconds"} - set(args.only):
+            results[key] = old[key]  # also sections other scripts write (e.g. "crop")
+        for key in ("seconds", "cpu_seconds"):
+            results[key] = {k: v for k, v in old.get(key, {}).items() if k not in args.only}
     print(f"atrous benchmarks{' (--quick)' if args.quick else ''} on {results['meta']['machine']['cpu']}")
 
     def timed(name, fn):
@@ -120,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if "precision" in args.only:
         print("== 6. bf16 against fp32 inference")
         timed("precision", lambda: precision.run(quick=args.quick))
-    results["seconds"]["total"] = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if "merged_runs" in results["meta"]:  # the total stays the full run's
+        results["meta"]["merged_runs"][-1]["seconds"] = elapsed
+    else:
+        results["seconds"]["total"] = elapsed
     atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.out} in {results['seconds']['total']:.1f} s")
+    print(f"wrote {args.out} in {elapsed:.1f} s")
     return 0
 
 

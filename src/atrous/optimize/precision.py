@@ -42,7 +42,7 @@ def check_supported(dtype: torch.dtype, device: torch.device | str) -> None:
     device = torch.device(device)
     if dtype == torch.float16 and device.type != "cuda":
         raise AtrousError(
-            f"fp16 runs on CUDA GPUs only, not on {device.type}: use bf16 or fp32 there, or a --device cuda"
+            f"fp16 runs on CUDA GPUs only, not on {device.type}: use bf16 or fp32 there, or a CUDA device"
         )
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise AtrousError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16: use fp16 or fp32")
