@@ -241,14 +241,12 @@ def coverage_reparam(kernel_size: int = 13, branches=None, *, large: bool = True
 def merge_reparam(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` with every `DilatedReparam` replaced by its merged convolution
     (`reparameterize()`): the inference form, to analyse beside the training form."""
-    from atrous.ops import DilatedReparam
+    from atrous.ops import DilatedReparam, reparameterize
 
     m = copy.deepcopy(model).eval()
     if isinstance(m, DilatedReparam):
         return m.reparameterize()
-    for name, mod in list(m.named_modules()):
-        if isinstance(mod, DilatedReparam):
-            m.set_submodule(name, mod.reparameterize())
+    reparameterize(m)  # the one merge (ops), also used by atrous.optimize and atrous export
     return m
 
 
