@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atrous.ops import UNIREPLKNET_BRANCHES, DilatedReparam, dilated_to_dense
+from atrous.ops import UNIREPLKNET_BRANCHES, DilatedReparam, dilated_to_dense, fold_batchnorm
 
 
 def _randomised(block: DilatedReparam, seed: int) -> DilatedReparam:
@@ -68,6 +68,23 @@ def test_merged_kernel_equals_branches_by_f_conv2d():
     # the paper's branches: (5,1) (7,2) (3,3) (3,4) (3,5); the merged kernel is dense (no holes) ...
     assert block.branches == ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5))
     assert (weight != 0).all()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fold_batchnorm_equals_conv_then_batchnorm(affine, with_bias):
+    # The one folding formula (DilatedReparam's merge and atrous.optimize's model pass) against the two
+    # modules run one after the other in eval mode, in float64.
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=with_bias).double()
+    bn = torch.nn.BatchNorm2d(5, affine=affine).double().eval()
+    with torch.no_grad():
+        for t in [*conv.parameters(), *bn.parameters(), bn.running_mean]:
+            t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype))
+        bn.running_var.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.5)
+        x = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+        weight, bias = fold_batchnorm(conv.weight, bn, conv.bias)
+        torch.testing.assert_close(F.conv2d(x, weight, bias, padding=1), bn(conv(x)), rtol=1e-12, atol=1e-12)
 
 
 def test_dilated_to_dense_by_hand():

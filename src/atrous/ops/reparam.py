@@ -33,11 +33,18 @@ UNIREPLKNET_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
 }
 
 
-def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (weight, bias) of a bias-free convolution followed by `bn` in eval mode:
-    `w * g / sqrt(var + eps)` per output channel and `beta - mean * g / sqrt(var + eps)`."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
-    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+def fold_batchnorm(
+    weight: torch.Tensor, bn: nn.BatchNorm2d, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (weight, bias) of a convolution (`bias` None: bias-free) followed by `bn` in eval mode:
+    `w * g / sqrt(var + eps)` per output channel and `(b - mean) * g / sqrt(var + eps) + beta` (g = 1,
+    beta = 0 for a BatchNorm without affine parameters). The one folding formula: DilatedReparam's merge
+    and `atrous.optimize.fold_batchnorm` (the model pass) both use it."""
+    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+    shifted = -bn.running_mean if bias is None else bias - bn.running_mean  # (C,)
+    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype), shifted * scale + beta
 
 
 def dilated_to_dense(weight: torch.Tensor, rate: int) -> torch.Tensor:

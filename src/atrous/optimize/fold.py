@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from atrous.ops import fold_batchnorm as fold_conv_bn
+
 # operators that read a tensor's metadata only: not a use of its values
 _METADATA = {"size", "dim", "stride", "numel", "is_contiguous", "__get__", "data_ptr", "storage_offset"}
 
@@ -91,14 +93,10 @@ def _find_conv_bn_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, st
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv(x) -> bn: w' = w * g / sqrt(var + eps) per output channel, b' = (b - mean) * scale + beta."""
-    scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
-    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
-    scale = scale / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    """conv(x) -> bn as one conv, by the one folding formula (`atrous.ops.fold_batchnorm`)."""
     with torch.no_grad():
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (bias - bn.running_mean) * scale + shift
+        weight, new_bias = fold_conv_bn(conv.weight, bn, conv.bias)
+        conv.weight.copy_(weight)
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=False)
 
 
