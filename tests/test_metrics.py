@@ -13,6 +13,7 @@ from atrous.metrics import (
     BoundaryIoU,
     ConfusionMatrix,
     ObjectRecall,
+    all_reduce_sum,
     boundary_width,
     default_object_classes,
 )
@@ -373,6 +374,11 @@ def test_boundary_iou_empty_and_bad_input():
         BoundaryIoU(3, dilation_ratio=0)
 
 
+def test_all_reduce_sum_without_a_process_group_is_the_identity():
+    values = torch.tensor([1.5, 2.0])
+    assert all_reduce_sum(values) is values
+
+
 def _ddp_worker(rank, world, init_file, queue):
     import torch.distributed as dist
 
@@ -388,6 +394,10 @@ def _ddp_worker(rank, world, init_file, queue):
     cm.all_reduce()
     orc.all_reduce()
     biou.all_reduce()
+    # The one reduction (also atrous.evaluate's loss sum): a sum over processes, the input left as it was.
+    mine = torch.tensor([rank + 1.0, 10.0 * rank], dtype=torch.float64)
+    total = all_reduce_sum(mine)
+    assert total.tolist() == [3.0, 10.0] and mine.tolist() == [rank + 1.0, 10.0 * rank]
     queue.put((rank, cm.mat.tolist(), orc.compute(), biou.compute()))
     dist.destroy_process_group()
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from atrous.metrics import BoundaryIoU, ConfusionMatrix, ObjectRecall, default_object_classes
+from atrous.metrics import BoundaryIoU, ConfusionMatrix, ObjectRecall, all_reduce_sum, default_object_classes
 
 
 def evaluate(
@@ -73,20 +73,9 @@ def evaluate(
         result.update(metric.compute())
     result["object_recall_by_size"] = objects.compute()
     if loss is not None:
-        total, images = _all_reduce_sum(loss_sum).tolist()
+        total, images = all_reduce_sum(loss_sum).tolist()
         result["loss"] = total / images if images else None
     return result
-
-
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        # gloo reduces CPU tensors, nccl CUDA ones.
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        values = values.to(device)
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values.cpu()
 
 
 __all__ = ["SameSizeBatches", "default_object_classes", "evaluate"]

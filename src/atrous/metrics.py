@@ -65,19 +65,21 @@ def _check_labels(target: torch.Tensor, num_classes: int, ignore_index: int) -> 
         )
 
 
-def _dist_device() -> torch.device:
-    # NCCL reduces CUDA tensors only; gloo (the CPU backend) reduces CPU tensors.
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over all processes when torch.distributed is initialised (else `values` itself), on
+    `values`' device. The one reduction of the metrics and of `atrous.evaluate`: the tensor travels on the
+    backend's device (NCCL reduces CUDA tensors only; gloo, the CPU backend, CPU tensors)."""
     import torch.distributed as dist
 
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
     if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    moved = values.to(device, copy=True)  # a copy: the caller's tensor is never reduced in place
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    return moved.to(values.device)
 
 
 class ConfusionMatrix:
@@ -127,13 +129,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all processes when torch.distributed is initialised (else a no-op)."""
-        if not _dist_ready():
-            return
-        import torch.distributed as dist
-
-        mat = self.mat.to(_dist_device())
-        dist.all_reduce(mat, op=dist.ReduceOp.SUM)
-        self.mat = mat.to(self.mat.device)
+        self.mat = all_reduce_sum(self.mat)
 
     def compute(self) -> dict:
         """Metrics as plain Python values (JSON-able).
@@ -262,13 +258,7 @@ class ObjectRecall:
 
     def all_reduce(self) -> None:
         """Sum object counts and recall sums over all processes when torch.distributed is initialised."""
-        if not _dist_ready():
-            return
-        import torch.distributed as dist
-
-        packed = torch.cat([self.recall_sum, self.objects.to(torch.float64)]).to(_dist_device())
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed.cpu()
+        packed = all_reduce_sum(torch.cat([self.recall_sum, self.objects.to(torch.float64)]))
         nb = len(SIZE_BUCKETS)
         self.recall_sum = packed[:nb].clone()
         self.objects = packed[nb:].round().to(torch.int64)
@@ -360,13 +350,7 @@ class BoundaryIoU:
 
     def all_reduce(self) -> None:
         """Sum the counts over all processes when torch.distributed is initialised (else a no-op)."""
-        if not _dist_ready():
-            return
-        import torch.distributed as dist
-
-        counts = self.counts.to(_dist_device())
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        self.counts = counts.cpu()
+        self.counts = all_reduce_sum(self.counts)
 
     def compute(self) -> dict:
         inter, union = self.counts.tolist()
