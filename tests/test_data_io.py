@@ -169,6 +169,7 @@ def test_spec_grammar_for_every_kind_and_paths_with_question_marks(tmp_path):
     weird = tmp_path / "we?ird=1"
     _folder(weird, "p.png", Image.fromarray(np.zeros((2, 2, 3), np.uint8)), np.full((2, 2), 255))
     assert len(build_dataset(f"folder:{weird}?", num_classes=1)) == 1
+    assert len(build_dataset(f"folder:{weird}", num_classes=1)) == 1  # an existing folder is the path
     assert build_dataset(f"folder:{weird}?map=255:1", num_classes=2)[0][1].tolist() == [[1, 1], [1, 1]]
     with pytest.raises(AtrousError, match="option 'x' must be key=value"):
         parse_spec("folder:d?map=0:1&x")

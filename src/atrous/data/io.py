@@ -102,6 +102,11 @@ def _decode(img: Image.Image, path: Path, what: str) -> None:
 
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1 = upright; 5..8 swap width and height), read from the header."""
+    if img.format == "PNG" and "exif" not in img.info:
+        # PIL's PngImageFile.getexif() decodes every pixel to look for an eXIf chunk after them: the header
+        # check of a data set would decode each image. An eXIf chunk before the pixels (as PIL writes it) is
+        # in `info` already; one after them is seen once the pixels are decoded (`read_image` loads first).
+        return 1
     try:
         return int(img.getexif().get(0x0112, 1))
     except Exception:  # a malformed EXIF block: treat as upright, as viewers do

@@ -3,8 +3,9 @@
 Grammar. `KIND` is a layout (`folder`, `voc`, `cityscapes`, `synthetic`, `mmseg`, `ade20k`, `camvid`);
 `PATH` a folder (`~` expanded; for `synthetic` a task name); options follow the LAST `?` whose text holds a
 `=`, as `key=value` pairs joined by `&`. A `?` not followed by options is part of the path
-(`folder:odd?name` is the folder `odd?name`); a path whose own `?` is followed by text with `=` is written
-with one more `?` at the end (`folder:a?b=c?` is the folder `a?b=c`, without options).
+(`folder:odd?name` is the folder `odd?name`), and so is all the text when it names an existing file or
+folder; otherwise a path whose own `?` is followed by text with `=` is written with one more `?` at the end
+(`folder:a?b=c?` is the folder `a?b=c`, without options; `folder:a?b=c?map=255:1` with options).
 
 Options every file layout takes (the label options are applied in the order of `atrous.data.labels`):
 - `palette=FILE`   colour masks, decoded with a CVAT `labelmap.txt` or a `classes.json` palette (relative
@@ -62,7 +63,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         raise DataError(f"data spec {spec!r} has no kind: write KIND:PATH, e.g. folder:PATH{hint}")
     cut = target.rfind("?")
     query = ""
-    if cut >= 0 and "=" in target[cut + 1 :]:
+    if kind != "synthetic" and os.path.exists(os.path.expanduser(target)):
+        pass  # an existing file or folder is the path, `?` and all
+    elif cut >= 0 and "=" in target[cut + 1 :]:
         target, query = target[:cut], target[cut + 1 :]
     elif target.endswith("?"):
         target = target[:-1]
