@@ -21,6 +21,11 @@ from atrous.cli import main
 from atrous.optimize import optimize
 
 
+def predict_args(checkpoint, inputs, out, *extra) -> list[str]:
+    """`atrous predict` arguments for one input file or folder."""
+    return ["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out), *extra]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return write_checkpoint(
@@ -89,15 +94,7 @@ def test_no_optimize_uses_the_loaded_model(checkpoint, tmp_path, monkeypatch):
 def test_interrupted_run_resumes_with_skip_existing(checkpoint, tmp_path, monkeypatch, capsys):
     write_images(tmp_path / "in", 6)
     out = tmp_path / "out"
-    args = [
-        "predict",
-        "--checkpoint",
-        str(checkpoint),
-        str(tmp_path / "in"),
-        "--out",
-        str(out),
-        "--no-optimize",
-    ]
+    args = predict_args(checkpoint, tmp_path / "in", out, "--no-optimize")
     real_predict = atrous.api.predict
     calls = []
 
@@ -200,15 +197,7 @@ def test_folder_walk_survives_symlink_loops_and_odd_names(checkpoint, tmp_path, 
 def test_outputs_inside_the_input_folder_are_not_read_back(checkpoint, tmp_path, capsys):
     write_images(tmp_path / "in", 2)
     out = tmp_path / "in" / "pred"
-    args = [
-        "predict",
-        "--checkpoint",
-        str(checkpoint),
-        str(tmp_path / "in"),
-        "--out",
-        str(out),
-        "--no-optimize",
-    ]
+    args = predict_args(checkpoint, tmp_path / "in", out, "--no-optimize")
     assert main(args) == 0
     assert main(args) == 0  # the second run must not predict the first run's PNGs
     assert "2 predicted" in capsys.readouterr().out.splitlines()[-1]
