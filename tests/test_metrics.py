@@ -374,6 +374,66 @@ def test_boundary_iou_empty_and_bad_input():
         BoundaryIoU(3, dilation_ratio=0)
 
 
+OCTAVES_OPEN = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, None))
+
+
+def _brute_octave_recall(preds, targets, object_classes):
+    """Per object (8-connected component of an object class), by loops: its recall and its octave."""
+    from scipy import ndimage
+
+    sums, counts = [0.0] * len(OCTAVES_OPEN), [0] * len(OCTAVES_OPEN)
+    for p, t in zip(preds, targets):
+        for c in object_classes:
+            labels, n = ndimage.label(t == c, structure=np.ones((3, 3)))
+            for j in range(1, n + 1):
+                inside = labels == j
+                area = int(inside.sum())
+                recall = float((p[inside] == c).sum()) / area
+                b = 0
+                while b + 1 < len(OCTAVES_OPEN) and area >= OCTAVES_OPEN[b + 1][0] ** 2:
+                    b += 1  # sqrt(area) >= the next bucket's min <=> area >= min^2
+                sums[b] += recall
+                counts[b] += 1
+    return [s / n if n else None for s, n in zip(sums, counts)], counts
+
+
+def test_object_recall_with_other_buckets_equals_a_brute_force_and_the_demo_octaves():
+    # Same metric, other size groups: the demo's octave buckets (report/measures.octave_recall computes
+    # them with its own code) through ObjectRecall(buckets=...).
+    from atrous.report.measures import octave_recall
+
+    rng = np.random.default_rng(4)
+    targets = [rng.integers(0, 4, (23, 31)) for _ in range(3)]
+    for t in targets:
+        t[rng.random(t.shape) < 0.05] = 255
+        t[2:14, 3:15] = 2  # a 12x12 object: sqrt(area) 12 -> [8, 16)
+    preds = [
+        np.where(rng.random(t.shape) < 0.7, np.where(t == 255, 0, t), rng.integers(0, 4, t.shape))
+        for t in targets
+    ]
+    m = ObjectRecall(4, object_classes=[1, 2, 3], buckets=OCTAVES_OPEN)
+    for p, t in zip(preds, targets):
+        m.update(torch.from_numpy(p), torch.from_numpy(t))
+    got = m.compute()
+    want_recall, want_counts = _brute_octave_recall(preds, targets, [1, 2, 3])
+    assert [(b["min"], b["max"]) for b in got] == list(OCTAVES_OPEN)
+    assert [b["objects"] for b in got] == want_counts and sum(want_counts) > 20
+    assert [b["recall"] for b in got] == pytest.approx(want_recall)
+    demo = octave_recall(
+        [torch.from_numpy(p) for p in preds], [torch.from_numpy(t) for t in targets], [1, 2, 3]
+    )
+    assert [b["objects"] for b in demo] == want_counts[:-1]
+    assert [b["recall"] for b in demo] == pytest.approx(want_recall[:-1])
+
+
+@pytest.mark.parametrize(
+    "buckets", [(), ((0, 4), (4, 8)), ((0, 4), (5, None)), ((2, 4), (4, None)), ((0, 4), (4, 4), (4, None))]
+)
+def test_object_recall_refuses_buckets_that_miss_or_overlap_sizes(buckets):
+    with pytest.raises(ValueError, match=r"buckets must be contiguous \[min, max\) pairs"):
+        ObjectRecall(3, buckets=buckets)
+
+
 def test_all_reduce_sum_without_a_process_group_is_the_identity():
     values = torch.tensor([1.5, 2.0])
     assert all_reduce_sum(values) is values

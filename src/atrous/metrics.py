@@ -23,6 +23,7 @@ output stride costs first and what mIoU barely sees. See `BoundaryIoU`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 
@@ -199,11 +200,19 @@ class ObjectRecall:
     `default_object_classes(class_names, num_classes, ignore_index)` for the documented default that
     leaves out a class named "background". Regions of the other classes are not counted as objects.
 
+    `buckets` are the sqrt(area) groups, contiguous [min, max) pairs, the last open-ended (max None):
+    `SIZE_BUCKETS` by default; the demo's octaves [1, 2) ... [64, 128) are another choice of the same metric.
+
     `update(pred, target)` takes one image (H, W) or a batch (N, H, W); components never cross images.
     """
 
     def __init__(
-        self, num_classes: int, *, ignore_index: int = 255, object_classes: Iterable[int] | None = None
+        self,
+        num_classes: int,
+        *,
+        ignore_index: int = 255,
+        object_classes: Iterable[int] | None = None,
+        buckets: Iterable[tuple[int, int | None]] = SIZE_BUCKETS,
     ) -> None:
         _check_num_classes(num_classes)
         self.num_classes = num_classes
@@ -214,10 +223,11 @@ class ObjectRecall:
         bad = [c for c in self.object_classes if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"object_classes holds {bad[0]}, outside the class ids 0..{num_classes - 1}")
-        self.recall_sum = torch.zeros(len(SIZE_BUCKETS), dtype=torch.float64)
-        self.objects = torch.zeros(len(SIZE_BUCKETS), dtype=torch.int64)
+        self.buckets = _check_buckets(buckets)
+        self.recall_sum = torch.zeros(len(self.buckets), dtype=torch.float64)
+        self.objects = torch.zeros(len(self.buckets), dtype=torch.int64)
         # Upper edges of the closed buckets: np.digitize(side, edges) is the bucket index.
-        self._edges = np.array([hi for _, hi in SIZE_BUCKETS if hi is not None], dtype=np.float64)
+        self._edges = np.array([hi for _, hi in self.buckets[:-1]], dtype=np.float64)
 
     def reset(self) -> None:
         self.recall_sum.zero_()
@@ -252,22 +262,42 @@ class ObjectRecall:
             hit = np.bincount(flat, weights=(p[box] == c).ravel(), minlength=n + 1)[1:]
             bucket = np.digitize(np.sqrt(area), self._edges)
             self.recall_sum += torch.from_numpy(
-                np.bincount(bucket, weights=hit / area, minlength=len(SIZE_BUCKETS))
+                np.bincount(bucket, weights=hit / area, minlength=len(self.buckets))
             )
-            self.objects += torch.from_numpy(np.bincount(bucket, minlength=len(SIZE_BUCKETS)))
+            self.objects += torch.from_numpy(np.bincount(bucket, minlength=len(self.buckets)))
 
     def all_reduce(self) -> None:
         """Sum object counts and recall sums over all processes when torch.distributed is initialised."""
         packed = all_reduce_sum(torch.cat([self.recall_sum, self.objects.to(torch.float64)]))
-        nb = len(SIZE_BUCKETS)
+        nb = len(self.buckets)
         self.recall_sum = packed[:nb].clone()
         self.objects = packed[nb:].round().to(torch.int64)
 
     def compute(self) -> list[dict]:
         out = []
-        for (lo, hi), s, n in zip(SIZE_BUCKETS, self.recall_sum.tolist(), self.objects.tolist()):
+        for (lo, hi), s, n in zip(self.buckets, self.recall_sum.tolist(), self.objects.tolist()):
             out.append({"min": lo, "max": hi, "objects": int(n), "recall": (s / n) if n else None})
         return out
+
+
+def _check_buckets(buckets) -> tuple[tuple[int, int | None], ...]:
+    # Contiguous [min, max) with the last open: np.digitize on the closed upper edges then puts every object
+    # (sqrt(area) >= 1) in exactly one bucket.
+    buckets = tuple((lo, hi) for lo, hi in buckets)
+    lows = [lo for lo, _ in buckets]
+    ok = (
+        len(buckets) >= 1
+        and lows[0] in (0, 1)
+        and buckets[-1][1] is None
+        and [hi for _, hi in buckets[:-1]] == lows[1:]  # contiguous
+        and all(a < b for a, b in itertools.pairwise(lows))
+    )
+    if not ok:
+        raise ValueError(
+            f"buckets must be contiguous [min, max) pairs, increasing, from 0 or 1, the last open-ended "
+            f"(max None), e.g. ((0, 4), (4, 8), (8, None)); got {buckets!r}"
+        )
+    return buckets
 
 
 def boundary_width(height: int, width: int, dilation_ratio: float) -> int:
