@@ -398,8 +398,8 @@ def _brute_octave_recall(preds, targets, object_classes):
 
 
 def test_object_recall_with_other_buckets_equals_a_brute_force_and_the_demo_octaves():
-    # Same metric, other size groups: the demo's octave buckets (report/measures.octave_recall computes
-    # them with its own code) through ObjectRecall(buckets=...).
+    # Same metric, other size groups: the demo's octave buckets through ObjectRecall(buckets=...), against a
+    # per-object loop; report/measures.octave_recall (once its own copy of the metric) must agree.
     from atrous.report.measures import octave_recall
 
     rng = np.random.default_rng(4)

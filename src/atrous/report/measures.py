@@ -7,37 +7,31 @@ bucket's recall is the mean over its objects), bucketed by octaves."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage as ndi
 import torch
+
+from atrous.metrics import ObjectRecall
 
 OCTAVES: tuple[tuple[int, int], ...] = tuple((2**j, 2 ** (j + 1)) for j in range(7))  # [1,2) ... [64,128)
 SMALL_PX = 8  # "small" objects: sqrt(area) below this (buckets [1,2), [2,4), [4,8))
-_EIGHT = np.ones((3, 3), dtype=int)
+IGNORE = 255  # the demo's data keep the default ignore index
 
 
 def octave_recall(
     preds: list[torch.Tensor], targets: list[torch.Tensor], object_classes: list[int]
 ) -> list[dict]:
     """[{"min", "max", "objects", "recall"}] per octave bucket over pairs of (H, W) class maps; recall None
-    for an empty bucket. Objects of sqrt(area) >= 128 px are not counted (the demo has none)."""
-    sums = np.zeros(len(OCTAVES))
-    counts = np.zeros(len(OCTAVES), dtype=np.int64)
+    for an empty bucket. `atrous.metrics.ObjectRecall` (the metric `atrous eval` reports) with octave
+    buckets; objects of sqrt(area) >= 128 px are not counted (the demo has none)."""
+    labels = [int(t[t != IGNORE].max()) for t in targets if bool((t != IGNORE).any())]
+    recall = ObjectRecall(
+        1 + max([0, *object_classes, *labels]),  # every label present is a class id
+        ignore_index=IGNORE,
+        object_classes=object_classes,
+        buckets=(*OCTAVES, (OCTAVES[-1][1], None)),
+    )
     for pred, target in zip(preds, targets):
-        p, t = np.asarray(pred), np.asarray(target)
-        for c in object_classes:
-            labels, n = ndi.label(t == c, structure=_EIGHT)
-            if n == 0:
-                continue
-            area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            hit = np.bincount(labels.ravel(), weights=(p == c).ravel(), minlength=n + 1)[1:]
-            bucket = np.floor(np.log2(np.sqrt(area))).astype(np.int64)  # sqrt(area) in [2^j, 2^(j+1))
-            keep = bucket < len(OCTAVES)
-            sums += np.bincount(bucket[keep], weights=(hit / area)[keep], minlength=len(OCTAVES))
-            counts += np.bincount(bucket[keep], minlength=len(OCTAVES))
-    return [
-        {"min": lo, "max": hi, "objects": int(n), "recall": float(s / n) if n else None}
-        for (lo, hi), s, n in zip(OCTAVES, sums, counts)
-    ]
+        recall.update(torch.as_tensor(pred), torch.as_tensor(target))
+    return recall.compute()[:-1]
 
 
 def small_recall(buckets: list[dict]) -> float | None:
