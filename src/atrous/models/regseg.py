@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.models.backbones import FeatureInfo, check_width, run_stages, wanted_features
+from atrous.models.backbones import FeatureInfo, check_width, run_stages, scaled, wanted_features
 from atrous.models.segmenter import Segmenter
 from atrous.ops import AtrousConv2d
 
@@ -149,11 +149,11 @@ class RegSegBody(nn.Module):
         # fields: stem 3 px; stage4's strided 3x3 +4; stage8's +8, +16, +16; stage16's strided +16 = 63 px
         self.rate_bounds = check_rate_bound(dilations, field=63, stride=16)
         width = check_width(width)
-        gw = max(1, round(GROUP_WIDTH * width))
+        gw = scaled(GROUP_WIDTH, width)
         splits = max(len(d) for d in dilations)
         c4, c8 = _scaled(48, width, gw), _scaled(128, width, gw)
         c16, c_out = _scaled(256, width, gw * splits), _scaled(320, width, gw * splits)
-        stem = _scaled(32, width, 1)
+        stem = scaled(32, width)
         self.stem = nn.Sequential(*_conv_bn(3, stem, 3, stride=2))
         self.stage4 = nn.Sequential(DBlock(stem, c4, (1,), stride=2, group_width=gw))
         self.stage8 = nn.Sequential(
@@ -182,7 +182,7 @@ class RegSegDecoder(nn.Module):
     def __init__(self, *, channels: dict[str, int], num_classes: int, width: float = 1.0) -> None:
         super().__init__()
         self.in_features = ("stage4", "stage8", "stage16")
-        c128, c64, c8 = (max(1, round(c * width)) for c in (128, 64, 8))
+        c128, c64, c8 = (scaled(c, width) for c in (128, 64, 8))
         self.head16 = nn.Sequential(*_conv_bn(channels["stage16"], c128))
         self.head8 = nn.Sequential(*_conv_bn(channels["stage8"], c128))
         self.head4 = nn.Sequential(*_conv_bn(channels["stage4"], c8))
