@@ -71,6 +71,8 @@ def test_runs_without_out_get_fresh_folders(tmp_path, monkeypatch, capsys):
 def test_resume_needs_out_and_keeps_its_model(tmp_path, capsys):
     assert main([*QUICK, "--resume"]) == 2
     assert "--resume needs --out" in _one_line(capsys)
+    assert main([*QUICK, "--resume", "--overwrite", "--out", str(tmp_path / "x")]) == 2
+    assert "give one of them" in _one_line(capsys)
     out = tmp_path / "run"
     assert main([*QUICK, "--out", str(out)]) == 0
     capsys.readouterr()
