@@ -122,7 +122,8 @@ class RunFolder:
                 if pid > 0 and _alive(pid):
                     raise AtrousError(
                         f"{self.path} is in use by a running training (process {pid}, lock file {lock}): "
-                        "wait for it to end or choose another --out"
+                        "wait for it to end, choose another --out, or delete the lock file if no training "
+                        "runs there (a process id can be reused)"
                     ) from None
                 lock.unlink(missing_ok=True)  # stale: its process is gone (a killed run)
                 continue
