@@ -114,6 +114,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         ([*QUICK, "--batch-size", "64"], ["8 samples", "fewer than one batch of 64"]),
         ([*QUICK, "--set", "loss.class_weights=[1,2]"], ["class_weights has 2 values", "4 classes"]),
         ([*QUICK, "--init-from", str(tmp_path / "none.pt")], ["none.pt does not exist"]),
+        ([*QUICK, "--set", "loss.terms=[[cee, 1.0]]"], ["loss.terms[0]", "unknown loss 'cee'"]),
     ]
     for args, words in cases:
         assert main([*args, "--iters", "1", "--out", str(tmp_path / "o")]) == 2

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atrous import losses
 from atrous.checkpoint import (
     check_state_dict,
     load_checkpoint,
@@ -129,6 +130,8 @@ def build_run(
         raise AtrousError(
             f"data.batch_size {d.batch_size} (the global batch) must be divisible by the {dist.world} processes"
         )
+    # loss.terms checked before the data scan (which can take a while); built with the class count later.
+    losses.build_criterion(config.loss.terms, ignore_index=config.loss.ignore_index)
     folder = RunFolder(config.train.out, enabled=dist.main)
     folder.claim(resume=resume, overwrite=overwrite)
     try:
