@@ -107,12 +107,20 @@ def _ms(m: dict, metric: str) -> str:
     return "–" if mean is None else f"{_num(mean)} ± {_num(std)}"
 
 
-def _models_table(results: dict, keys: list[str]) -> str:
+# per experiment, the metrics its claims read beyond the common columns
+_EXTRA = {
+    "gridding": ["artifact"],
+    "erf": ["erf_init_share", "erf_trained_share"],
+    "nuclei": ["recall"],
+}
+
+
+def _models_table(results: dict, keys: list[str], extra: list[str]) -> str:
     rows = []
     for key in keys:
         m = results["models"].get(key)
         if m is None:
-            rows.append([f"<b>{escape(key)}</b>", "not trained in this run"] + ["–"] * 9)
+            rows.append([f"<b>{escape(key)}</b>", "not trained in this run"] + ["–"] * (9 + len(extra)))
             continue
         opts = ", ".join(f"{k}={v}" for k, v in m["options"].items())
         rows.append(
@@ -128,6 +136,7 @@ def _models_table(results: dict, keys: list[str]) -> str:
                 _ms(m, "small_recall"),
                 _ms(m, "pixel_acc"),
                 _ms(m, "final_loss"),
+                *(_ms(m, metric) for metric in extra),
                 _runs(results, key),
             ]
         )
@@ -142,6 +151,7 @@ def _models_table(results: dict, keys: list[str]) -> str:
         "recall < 8 px",
         "pixel acc.",
         "final loss",
+        *(metric.replace("_", " ") for metric in extra),
         "runs (config)",
     ]
     return _table(headers, rows, "models")
@@ -205,7 +215,7 @@ def _experiment(results: dict, name: str, exp: dict) -> list[str]:
         f"<h2 id='exp-{escape(name)}'>{escape(exp['title'])}</h2>",
         f"<p><b>Factor varied:</b> {escape(exp['factor'])}. <b>Claims:</b> {links or 'none'}.</p>",
         f"<p>{_TEXT[name]}</p>",
-        _models_table(results, keys),
+        _models_table(results, keys, _EXTRA.get(name, [])),
     ]
     if name in ("pooling", "neighbourhood", "nuclei"):
         parts.append(_octave_table(results, keys))

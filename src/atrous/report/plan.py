@@ -167,8 +167,13 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+# models an experiment reads that another one trains (shared between claims, trained once)
+SHARED = {"upsampling": ["pool3"], "erf": ["pool0"]}
+
+
 def models_of(experiment: str) -> list[str]:
-    return [k for k, s in MODELS.items() if s.experiment == experiment]
+    """The models an experiment compares: those it trains and those it shares."""
+    return SHARED.get(experiment, []) + [k for k, s in MODELS.items() if s.experiment == experiment]
 
 
 def config_for(key: str, seed: int, *, data_spec: str, budget: Budget, out: Path) -> Config:
