@@ -200,3 +200,24 @@ def test_validation_at_any_batch_size_equals_batch_size_one(tmp_path):
     one = evaluate(model, SameSizeBatches(data, batch_size=1), num_classes=3)
     many = evaluate(model, batches, num_classes=3)
     assert one == many
+
+
+def test_a_validation_split_that_does_not_exist_stops_the_run(tmp_path, capsys):
+    # Before: a misspelt data.val_split switched validation off (the log said "no val split") although the
+    # data has a validation split under another name.
+    _mixed_folder(tmp_path / "data")
+    (tmp_path / "data" / "val").rename(tmp_path / "data" / "holdout")
+    base = [
+        "train", "--model", "dilated_net", "--opt", "channels=4", "--opt", "rates=1,2",
+        "--data", f"folder:{tmp_path / 'data'}", "--batch-size", "4", "--crop", "7", "--threads", "1",
+        "--iters", "1", "--set", "log.progress=false", "--set", "log.tensorboard=false",
+    ]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    err = _one_line(capsys)
+    assert "has no split 'val' (its splits: holdout, train)" in err and "data.val_split=null" in err
+    assert not (tmp_path / "a" / "last.pt").exists()
+    # Saying which split validates, or that none does, trains.
+    assert main([*base, "--set", "data.val_split=holdout", "--out", str(tmp_path / "b")]) == 0
+    assert "validation on folder:" in capsys.readouterr().out
+    assert main([*base, "--set", "data.val_split=null", "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "last.pt").exists()

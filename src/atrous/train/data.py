@@ -155,6 +155,12 @@ def _check_data(config: Config, log: Callable[[str], None]) -> None:
         splits = available_splits(d.train)
         if d.val_split in splits or (splits and likely_split(d.val_split, splits) is not None):
             checks.append((d.train, d.val_split))
+        elif [s for s in splits if s != d.train_split]:
+            # Another split is there: validating on nothing because of a misspelt name would be silent.
+            raise AtrousError(
+                f"data {d.train!r} has no split {d.val_split!r} (its splits: {', '.join(splits)}): set "
+                "data.val_split to the validation split, or data.val_split=null to train without validation"
+            )
     for spec, split in checks:
         # as _datasets builds them: classes from the data
         report = check_data(spec, split, ignore_index=config.loss.ignore_index)
