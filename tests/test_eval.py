@@ -198,6 +198,8 @@ def test_tta_against_brute_force(checkpoint, tmp_path):
         (["--data", DATA, "--tta", "flip,zero"], "--tta"),
         (["--data", DATA, "--stride", "8"], "--stride needs --sliding"),
         (["--data", DATA, "--device", "foo"], "not a torch device"),
+        # the one device rule (atrous.device), as training's: a device type atrous does not run on
+        (["--data", DATA, "--device", "mps"], "--device 'mps' is not supported: use auto, cpu, cuda"),
         (["--data", DATA, "--sliding", "8", "--stride", "12"], "must not exceed the window"),
         (["--data", DATA, "--precision", "fp16"], "--precision fp16: fp16 runs on CUDA GPUs only"),
     ],

@@ -23,7 +23,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="multi-scale + flip inference, e.g. flip,0.75,1.0,1.25 (scales and/or 'flip'; "
         "softmax probabilities averaged, as DeepLab)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (CUDA when available)"
+    )
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
@@ -72,19 +74,13 @@ def load_model(args: argparse.Namespace):
     import torch
 
     from atrous.api import load
+    from atrous.device import resolve_device
     from atrous.errors import AtrousError
     from atrous.optimize import optimize
     from atrous.optimize.pipeline import random_example
     from atrous.optimize.precision import PRECISIONS, check_supported, with_precision
 
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise AtrousError(
-            f"--device {args.device!r} is not a torch device: use cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AtrousError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    device = resolve_device(args.device, what="--device")
     dtype = PRECISIONS[args.precision]
     try:
         check_supported(dtype, device)

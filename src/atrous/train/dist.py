@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from atrous.errors import AtrousError
+from atrous.device import resolve_device as _resolve
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,5 @@ def shutdown(info: Dist) -> None:
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    """`train.device` ("auto", "cpu", "cuda", "cuda:N") as a torch.device; "cuda" takes the local rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AtrousError(f"train.device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AtrousError(f"train.device is {name!r} but CUDA is not available here: use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise AtrousError(f"train.device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    return device
+    """`train.device` as a torch.device (`atrous.device.resolve_device`: the one rule, also eval's)."""
+    return _resolve(name, what="train.device", local_rank=local_rank)
