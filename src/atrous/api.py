@@ -23,6 +23,7 @@ from atrous.data import LabelConvention, encode_prediction, standard_palette
 from atrous.data.io import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported (the one list: atrous.data.io)
 from atrous.data.io import as_rgb_array, find_images, read_image, without_skip_hint
 from atrous.data.spec import intensity_of
+from atrous.data.transforms import normalize
 from atrous.errors import AtrousError
 from atrous.inference import Infer, whole_image
 
@@ -140,9 +141,7 @@ def to_input(rgb: np.ndarray, meta: ModelMeta, device: torch.device) -> torch.Te
     """uint8 `(H, W, 3)` -> normalised float32 `(1, 3, H, W)` on `device`."""
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).to(device)  # a writable copy, (H, W, 3)
     x = x.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
-    mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return normalize(x, mean=meta.mean, std=meta.std)
 
 
 # ----------------------------------------------------------------------------------------------------------

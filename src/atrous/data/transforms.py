@@ -90,6 +90,13 @@ class PairTransform:
         return f"PairTransform({self.pipeline!r})"
 
 
+def normalize(image: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 `(..., 3, H, W)` -> float32 normalised: the same two torchvision ops as `eval_transform`, so
+    `atrous.predict` and `atrous eval` feed a model the same numbers for the same image."""
+    x = v2.functional.to_dtype(image, torch.float32, scale=True)
+    return v2.functional.normalize(x, mean=list(mean), std=list(std))
+
+
 def _finish(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std need 3 values each with std > 0, got mean={mean!r} std={std!r}")
