@@ -37,7 +37,7 @@ Three tasks, each built to expose one claim about dilated convolution (the demo 
     (a gridded stack such as rates 2,2,2,2,2,2 after 1x1 layers) computes each output pixel from its own
     sublattice only and can do no better than the class prior (50 %); a single rate-1 (or odd-rate) layer
     sees the opposite-parity neighbour and the task becomes easy (|X - Y| = 96 against noise of 6).
-    `tests/test_synthetic.py` checks the sublattice property on generated data.
+    `tests/test_data_synthetic.py` checks the sublattice property on generated data.
 
 Items are `(torchvision.tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask int64 (H, W))` (no ignore label:
 every pixel is labelled), generated on access from `SeedSequence([task, seed, split, index])`: the same
