@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from atrous._io import atomic_write_text
+from atrous.data.io import read_mask
 from atrous.errors import AtrousError
 from atrous.report import evidence, figures, plan, tasks
 from atrous.report.claims import CLAIMS
@@ -45,9 +45,7 @@ def _object_classes(entry: dict) -> list[int]:
 def _chance(entry: dict) -> float:
     """Majority-class pixel rate of a data set's validation masks."""
     root = Path(entry["spec"].split(":", 1)[1]) / "val" / "masks"
-    counts = sum(
-        np.bincount(np.asarray(Image.open(p)).ravel(), minlength=2) for p in sorted(root.glob("*.png"))
-    )
+    counts = sum(np.bincount(read_mask(p).ravel(), minlength=2) for p in sorted(root.glob("*.png")))
     return float(counts.max() / counts.sum())
 
 

@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
-from PIL import Image
 
 from atrous._io import atomic_write_bytes
+from atrous.data.io import read_image, read_mask
 from atrous.report import plan
 from atrous.report.runs import PREDICTIONS
 
@@ -87,13 +87,17 @@ def metric_by_model(results: dict, keys: list[str], metrics: list[str], path: Pa
 
 def _val_image(out: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
     root = out / "data" / task / "val"
-    return np.asarray(Image.open(root / "images" / "0000.png")), np.asarray(
-        Image.open(root / "masks" / "0000.png")
-    )
+    return read_image(root / "images" / "0000.png"), read_mask(root / "masks" / "0000.png")
 
 
 def _colour(mask: np.ndarray, palette: list) -> np.ndarray:
-    return np.asarray(palette, dtype=np.uint8)[np.asarray(mask, dtype=np.int64)]
+    """(H, W) labels -> (H, W, 3) colours; values outside the palette (the ignore label) are black."""
+    colours = np.asarray(palette, dtype=np.uint8)
+    labels = np.asarray(mask, dtype=np.int64)
+    out = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    known = (labels >= 0) & (labels < len(colours))
+    out[known] = colours[labels[known]]
+    return out
 
 
 def predictions(results: dict, out: Path, task: str, keys: list[str], path: Path, *, title: str) -> str:
