@@ -11,8 +11,8 @@ of magnitude ~1e-2; the test also checks that per-process losses (no `dist`) mis
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from _procs import run_in_processes
 from atrous.losses import build_criterion
 
 WORLD = 2
@@ -61,20 +61,7 @@ def _worker(rank, init_file, queue):
 
 
 def test_two_processes_give_the_single_process_loss_and_gradient(tmp_path):
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, tmp_path / "init", queue)) for r in range(WORLD)]
-    for proc in procs:
-        proc.start()
-    try:
-        results = dict(queue.get(timeout=120) for _ in procs)
-        for proc in procs:
-            proc.join(timeout=60)
-            assert proc.exitcode == 0
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+    results = dict(run_in_processes(_worker, WORLD, tmp_path / "init"))
     logits, target = _global_batch()
     for name, terms in TERMS.items():
         criterion = build_criterion(terms, class_weights=WEIGHTS)

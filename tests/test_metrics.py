@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from _procs import run_in_processes
 from atrous.metrics import (
     SIZE_BUCKETS,
     BoundaryIoU,
@@ -463,20 +463,7 @@ def _ddp_worker(rank, world, init_file, queue):
 
 
 def test_all_reduce_sums_over_two_processes(tmp_path):
-    ctx = mp.get_context("fork")  # no re-import of torch in the children: seconds faster
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, tmp_path / "init", queue)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        results = sorted(queue.get(timeout=120) for _ in procs)
-        for proc in procs:
-            proc.join(timeout=60)
-            assert proc.exitcode == 0
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+    results = sorted(run_in_processes(_ddp_worker, 2, 2, tmp_path / "init"))
     # Single-process reference on both images.
     cm, orc, biou = ConfusionMatrix(3), ObjectRecall(3), BoundaryIoU(3)
     for t, p in [
